@@ -1,0 +1,128 @@
+"""The small interface every backend implements, and the pieces they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from launcher.errors import Problem
+from launcher.spec import BackendSpec, CheckpointFormat
+
+if TYPE_CHECKING:
+    from launcher.deployment import Deployment
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ordered step of a plan, with the exact command where there is one."""
+
+    kind: str  # export | quantize | build | render | launch
+    description: str
+    command: tuple[str, ...] = ()
+    where: str = "here"  # here | target host | GPU host
+    done: bool = False  # already satisfied (e.g. an export cache hit)
+
+
+@dataclass(frozen=True)
+class Export:
+    """What a backend consumes and where it lives (on the host that runs the server)."""
+
+    kind: str  # hf | trtllm_checkpoint
+    directory: Path
+    key: str | None  # export-cache key; None when the checkpoint is used in place
+    dtype: str
+
+
+@dataclass(frozen=True)
+class TritonModel:
+    """A model directory to render: ``templates/<template>`` -> ``model_repository/<name>``."""
+
+    template: str
+    name: str
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    export: Export
+    steps: list[Step]
+    models: list[TritonModel]
+
+
+class Backend(Protocol):
+    name: str
+    spec_class: type[BackendSpec]
+
+    def problems(self, dep: Deployment) -> list[Problem]:
+        """Backend-specific validation rules."""
+        ...
+
+    def plan(self, dep: Deployment) -> Plan:
+        """What to export, build and render, in order; touches nothing."""
+        ...
+
+    def export(self, dep: Deployment, plan: Plan) -> None:
+        """Produce ``plan.export`` (into the export cache) if it is not there yet."""
+        ...
+
+    def server_args(self, dep: Deployment, tritonserver: str, repository: str) -> list[str]:
+        """The command that starts the server(s) for this backend."""
+        ...
+
+
+def serving_dtype(dep: Deployment) -> str:
+    """The dtype weights are served in: the precision's, or the checkpoint's own for ``auto``."""
+    weights = dep.spec.precision.weights
+    if weights in DTYPES:
+        return weights
+    if weights == "auto":
+        return dep.arch.dtype if dep.arch.dtype in DTYPES else "bfloat16"
+    return "bfloat16"  # quantized weights keep 16-bit activations
+
+
+def hf_export(dep: Deployment) -> Export:
+    """An HF safetensors directory: the checkpoint itself when it already is one in the right dtype."""
+    dtype = serving_dtype(dep)
+    ckpt = dep.checkpoint
+    in_place = ckpt is None and dep.spec.model.format in (CheckpointFormat.hf, CheckpointFormat.auto)
+    if ckpt is not None:
+        in_place = ckpt.format == "hf" and ckpt.arch.dtype == dtype
+    if in_place and dep.spec.model.checkpoint:
+        return Export("hf", Path(dep.checkpoint_path), None, dtype)
+    key = dep.cache_key("hf", dtype=dtype)
+    return Export("hf", dep.cache_root / key, key, dtype)
+
+
+def export_step(dep: Deployment, export: Export, converter: str) -> Step:
+    """The plan step that fills ``export`` (or notes it is used in place / already cached)."""
+    if export.key is None:
+        return Step("export", f"use the {dep.checkpoint_format} checkpoint in place: {export.directory}", done=True)
+    cached = export.directory.is_dir()
+    where = "here" if dep.checkpoint is not None else "target host"
+    return Step(
+        "export",
+        f"{converter} ({export.dtype}) -> {export.directory}" + (" [cached]" if cached else ""),
+        command=dep.launcher_command("export"),
+        where=where,
+        done=cached,
+    )
+
+
+def tritonserver_args(dep: Deployment, tritonserver: str, repository: str) -> list[str]:
+    """A single ``tritonserver`` bound to ``server.host`` with the spec's ports."""
+    server = dep.spec.server
+    return [
+        tritonserver,
+        f"--model-repository={repository}",
+        f"--http-address={server.host}",
+        f"--http-port={server.http_port}",
+        f"--grpc-address={server.host}",
+        f"--grpc-port={server.grpc_port}",
+        f"--metrics-address={server.host}",
+        f"--metrics-port={server.metrics_port}",
+        f"--log-verbose={server.log_verbose}",
+        "--exit-timeout-secs=10",
+    ]

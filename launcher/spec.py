@@ -1,0 +1,184 @@
+"""The typed deployment spec: one dataclass per config group, registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/<group>/`` pick a ``base_<name>`` schema from here and only set values,
+so a misspelled key or a wrong type fails at compose time with Hydra's own message. After
+composition :func:`to_spec` turns the ``DictConfig`` into plain dataclasses that the rest of the
+pipeline reads and never mutates. (Not ``frozen=True``: Hydra then rejects command-line overrides.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class Action(Enum):
+    plan = "plan"  # print the resolved spec and the ordered steps; writes nothing
+    export = "export"  # convert the checkpoint into the export cache
+    render = "render"  # model repository + launch files + spec.yaml + lock.json
+    serve = "serve"  # export, render, start, wait until ready, smoke query, keep serving
+    smoke = "smoke"  # as serve, then stop after the smoke query
+
+
+class CheckpointFormat(Enum):
+    auto = "auto"
+    hf = "hf"
+    nemo = "nemo"
+    nemo2 = "nemo2"
+    qnemo = "qnemo"
+    gguf = "gguf"
+
+
+class TrtllmRuntime(Enum):
+    llmapi = "llmapi"  # current TensorRT-LLM: Python-backend model over tensorrt_llm.llmapi.LLM
+    engine = "engine"  # legacy: trtllm-build engine + inflight_batcher_llm ensemble (C++ backend)
+
+
+@dataclass
+class ModelArch:
+    """Architecture of a Llama-family decoder, in Hugging Face terms."""
+
+    architecture: str = "LlamaForCausalLM"
+    num_layers: int = MISSING
+    hidden_size: int = MISSING
+    intermediate_size: int = MISSING
+    num_attention_heads: int = MISSING
+    num_kv_heads: int = MISSING
+    head_dim: int = MISSING
+    vocab_size: int = MISSING
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+    rope_scaling: dict[str, Any] | None = None
+    dtype: str = "bfloat16"  # dtype the weights are stored in
+
+    def num_parameters(self) -> int:
+        """Parameter count (embeddings counted once when tied)."""
+        h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
+        attn = h * self.num_attention_heads * self.head_dim * 2 + h * kv * 2
+        mlp = 3 * h * self.intermediate_size
+        per_layer = attn + mlp + 2 * h
+        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * per_layer + embed + h
+
+
+@dataclass
+class ModelSpec:
+    name: str = MISSING
+    checkpoint: str | None = None  # path, or pkg:<python package>/<file> for a file a package ships
+    format: CheckpointFormat = CheckpointFormat.auto
+    source: str | None = None  # where the weights come from (e.g. a Hugging Face repo id), for people
+    served_name: str = "llm"  # Triton model name clients call
+    max_input_len: int = 2048
+    max_output_len: int = 512
+    chat_template: bool = True  # apply the tokenizer's chat template to prompts
+    arch: ModelArch | None = None  # carried by public models so plans work without the weights
+
+
+@dataclass
+class BackendSpec:
+    """Settings every backend understands; each backend module subclasses it with its own knobs."""
+
+    name: str = MISSING
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    max_batch_size: int = 8
+    max_queue_delay_us: int = 2000
+    instance_count: int = 1
+    streaming: bool = False  # decoupled transaction policy
+    kv_cache_memory_fraction: float = 0.9
+
+
+@dataclass
+class PrecisionSpec:
+    name: str = MISSING
+    weights: str = "auto"  # auto | float32 | bfloat16 | float16 | fp8 | int8 | int4
+    activations: str = "auto"
+    kv_cache: str = "auto"  # auto | fp8 | int8
+    min_compute_capability: float = 0.0
+    quant_algo: str | None = None  # TensorRT-LLM QuantAlgo name, e.g. FP8, W8A8_SQ_PER_CHANNEL, W4A16_AWQ
+    needs_gpu: bool = False
+
+
+@dataclass
+class HardwareSpec:
+    name: str = MISSING
+    gpu: str | None = None  # None: CPU only
+    compute_capability: float = 0.0
+    memory_gb: float = 16.0  # per GPU (host memory for cpu)
+    memory_bandwidth_gbps: float = 50.0
+    gpus_per_node: int = 0
+    nodes: int = 1
+
+    @property
+    def total_gpus(self) -> int:
+        return self.gpus_per_node * self.nodes
+
+
+@dataclass
+class TargetSpec:
+    name: str = MISSING
+
+
+@dataclass
+class ServerSpec:
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    start_timeout_s: float = 600.0
+    log_verbose: int = 0
+
+
+@dataclass
+class SmokeSpec:
+    prompt: str = "What is the capital of France?"
+    max_tokens: int = 32
+
+
+@dataclass
+class DeploySpec:
+    action: Action = Action.serve
+    name: str = "${model.name}-${backend.name}-${precision.name}"
+    output_dir: str = "deployments/${name}"
+    cache_dir: str = "${oc.env:LLM_LAUNCH_CACHE,~/.cache/llm-launch}"
+    model: ModelSpec = MISSING
+    backend: BackendSpec = MISSING
+    precision: PrecisionSpec = MISSING
+    hardware: HardwareSpec = MISSING
+    target: TargetSpec = MISSING
+    server: ServerSpec = field(default_factory=ServerSpec)
+    smoke: SmokeSpec = field(default_factory=SmokeSpec)
+
+
+def register_configs() -> None:
+    """Store the schemas; group entries in ``conf/`` start with ``defaults: [base_<name>]``."""
+    from launcher.backends import BACKENDS
+    from launcher.targets import TARGET_SPECS
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=DeploySpec)
+    cs.store(group="model", name="base_model", node=ModelSpec)
+    cs.store(group="precision", name="base_precision", node=PrecisionSpec)
+    cs.store(group="hardware", name="base_hardware", node=HardwareSpec)
+    for name, backend in BACKENDS.items():
+        cs.store(group="backend", name=f"base_{name}", node=backend.spec_class)
+    for name, target_spec in TARGET_SPECS.items():
+        cs.store(group="target", name=f"base_{name}", node=target_spec)
+
+
+def to_spec(cfg: DictConfig) -> DeploySpec:
+    """Resolve interpolations and return the typed spec."""
+    spec = OmegaConf.to_object(cfg)
+    assert isinstance(spec, DeploySpec)
+    return spec
+
+
+def to_yaml(spec: DeploySpec) -> str:
+    """The fully resolved spec as YAML (what ``spec.yaml`` holds)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(spec), resolve=True)
