@@ -34,6 +34,11 @@ class DeployPaths:
         return self.output_dir / "lock.json"
 
     @property
+    def backends(self) -> Path:
+        """Triton backend directory assembled for the local target."""
+        return self.output_dir / "backends"
+
+    @property
     def server_log(self) -> Path:
         return self.output_dir / "server.log"
 

@@ -146,7 +146,7 @@ class DeploySpec:
     action: Action = Action.serve
     name: str = "${model.name}-${backend.name}-${precision.name}"
     output_dir: str = "deployments/${name}"
-    cache_dir: str = "${oc.env:LLM_LAUNCH_CACHE,~/.cache/llm-launch}"
+    cache_dir: str = "${oc.env:LLM_LAUNCH_CACHE,'~/.cache/llm-launch'}"
     model: ModelSpec = MISSING
     backend: BackendSpec = MISSING
     precision: PrecisionSpec = MISSING

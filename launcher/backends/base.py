@@ -111,6 +111,18 @@ def export_step(dep: Deployment, export: Export, converter: str) -> Step:
     )
 
 
+def export_hf(dep: Deployment, export: Export) -> bool:
+    """Convert the checkpoint into ``export`` through the cache; True on a cache hit."""
+    from launcher import cache
+    from launcher.convert import to_hf
+
+    if export.key is None:
+        return True
+    checkpoint = dep.checkpoint
+    assert checkpoint is not None  # validation requires local weights for export
+    return cache.fill(export.directory, lambda tmp: to_hf(checkpoint, tmp, export.dtype))
+
+
 def tritonserver_args(dep: Deployment, tritonserver: str, repository: str) -> list[str]:
     """A single ``tritonserver`` bound to ``server.host`` with the spec's ports."""
     server = dep.spec.server

@@ -1,0 +1,62 @@
+"""In-framework backend: a Triton Python-backend model that generates with ``transformers``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from launcher.backends.base import Plan, TritonModel, export_hf, export_step, hf_export, tritonserver_args
+from launcher.deployment import Deployment
+from launcher.errors import Problem
+from launcher.spec import BackendSpec
+
+
+@dataclass
+class PytorchBackendSpec(BackendSpec):
+    name: str = "pytorch"
+    device: str = "auto"  # auto (cuda when the hardware has GPUs) | cpu | cuda
+    compile: bool = False  # static KV cache + torch.compile (CUDA graphs) for fast GPU decoding
+
+
+class PytorchBackend:
+    name = "pytorch"
+    spec_class = PytorchBackendSpec
+
+    def problems(self, dep: Deployment) -> list[Problem]:
+        backend = dep.spec.backend
+        problems = []
+        if backend.tensor_parallel > 1 or backend.pipeline_parallel > 1:
+            problems.append(Problem("backend.tensor_parallel", "the pytorch backend does not split a model "
+                                    "across GPUs; it runs one model instance per GPU",
+                                    "keep tensor_parallel=1 pipeline_parallel=1, or use backend=vllm or trtllm"))
+        if dep.checkpoint_format == "qnemo":
+            problems.append(Problem("model.checkpoint", "a .qnemo holds TensorRT-LLM weights, which the "
+                                    "pytorch backend cannot load", "use backend=trtllm backend.runtime=engine"))
+        if dep.spec.precision.weights not in ("auto", "float32", "bfloat16", "float16"):
+            problems.append(Problem("precision", f"the pytorch backend serves 16/32-bit weights, not "
+                                    f"{dep.spec.precision.name}", "use precision=bf16, fp16, fp32 or auto"))
+        return problems
+
+    def plan(self, dep: Deployment) -> Plan:
+        export = hf_export(dep)
+        spec, hw = dep.spec, dep.spec.hardware
+        device = spec.backend.device if spec.backend.device != "auto" else ("cuda" if hw.gpu else "cpu")
+        model = TritonModel(
+            template="pytorch/model",
+            name=spec.model.served_name,
+            context={
+                "model_dir": str(export.directory),
+                "dtype": export.dtype,
+                "device": device,
+                "gpus": list(range(hw.gpus_per_node)) if device == "cuda" else [],
+            },
+        )
+        return Plan(export, [export_step(dep, export, "convert to a Hugging Face safetensors directory")], [model])
+
+    def export(self, dep: Deployment, plan: Plan) -> None:
+        export_hf(dep, plan.export)
+
+    def server_args(self, dep: Deployment, tritonserver: str, repository: str) -> list[str]:
+        return tritonserver_args(dep, tritonserver, repository)
+
+
+BACKEND = PytorchBackend()

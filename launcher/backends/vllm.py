@@ -1,0 +1,90 @@
+"""vLLM backend: the repository layout of Triton's official vLLM backend (``1/model.json``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from launcher.backends.base import Plan, TritonModel, export_hf, export_step, hf_export, tritonserver_args
+from launcher.deployment import Deployment
+from launcher.errors import Problem
+from launcher.spec import BackendSpec
+
+CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)  # vLLM's CPU attention kernel
+QUANTIZATION = {"fp8": "fp8", "int4": "awq"}  # precision.weights -> vLLM quantization method
+
+
+@dataclass
+class VllmBackendSpec(BackendSpec):
+    name: str = "vllm"
+    enforce_eager: bool | None = None  # None: eager on CPU (fastest start), CUDA graphs on GPU
+    kv_cache_memory_bytes: int | None = None  # None: 1 GiB on CPU, gpu_memory_utilization on GPU
+    max_num_batched_tokens: int | None = None
+    enable_prefix_caching: bool = False
+
+
+class VllmBackend:
+    name = "vllm"
+    spec_class = VllmBackendSpec
+
+    def problems(self, dep: Deployment) -> list[Problem]:
+        problems = []
+        if dep.checkpoint_format == "qnemo":
+            problems.append(Problem("model.checkpoint", "a .qnemo holds TensorRT-LLM weights, which vLLM "
+                                    "cannot load", "use backend=trtllm backend.runtime=engine"))
+        weights = dep.spec.precision.weights
+        if weights not in ("auto", "float32", "bfloat16", "float16", *QUANTIZATION):
+            problems.append(Problem("precision", f"vLLM has no {dep.spec.precision.name} path here",
+                                    "use precision=bf16, fp16, fp8 or int4_awq"))
+        arch = dep.arch
+        if dep.spec.hardware.gpu is None and arch is not None and arch.head_dim not in CPU_HEAD_DIMS:
+            problems.append(Problem("model.arch.head_dim", f"vLLM's CPU attention kernel does not support "
+                                    f"head_dim={arch.head_dim}", f"supported: {CPU_HEAD_DIMS}"))
+        return problems
+
+    def engine_args(self, dep: Deployment, model_dir: str, dtype: str) -> dict[str, Any]:
+        """``AsyncEngineArgs`` fields, as ``model.json`` holds them."""
+        spec, backend = dep.spec, dep.spec.backend
+        on_cpu = spec.hardware.gpu is None
+        args: dict[str, Any] = {
+            "model": model_dir,
+            "tokenizer": model_dir,
+            "served_model_name": spec.model.served_name,
+            "dtype": dtype,
+            "tensor_parallel_size": backend.tensor_parallel,
+            "pipeline_parallel_size": backend.pipeline_parallel,
+            "max_model_len": spec.model.max_input_len + spec.model.max_output_len,
+            "max_num_seqs": backend.max_batch_size,
+            "gpu_memory_utilization": backend.kv_cache_memory_fraction,
+            "enforce_eager": on_cpu if backend.enforce_eager is None else backend.enforce_eager,
+            "enable_prefix_caching": backend.enable_prefix_caching,
+        }
+        kv_bytes = backend.kv_cache_memory_bytes or (1024**3 if on_cpu else None)
+        if kv_bytes:
+            args["kv_cache_memory_bytes"] = kv_bytes
+        if backend.max_num_batched_tokens:
+            args["max_num_batched_tokens"] = backend.max_num_batched_tokens
+        quantization = QUANTIZATION.get(spec.precision.weights)
+        if quantization:
+            args["quantization"] = quantization
+        if spec.precision.kv_cache != "auto":
+            args["kv_cache_dtype"] = spec.precision.kv_cache
+        return args
+
+    def plan(self, dep: Deployment) -> Plan:
+        export = hf_export(dep)
+        model = TritonModel(
+            template="vllm/model",
+            name=dep.spec.model.served_name,
+            context={"engine_args": self.engine_args(dep, str(export.directory), export.dtype)},
+        )
+        return Plan(export, [export_step(dep, export, "convert to a Hugging Face safetensors directory")], [model])
+
+    def export(self, dep: Deployment, plan: Plan) -> None:
+        export_hf(dep, plan.export)
+
+    def server_args(self, dep: Deployment, tritonserver: str, repository: str) -> list[str]:
+        return tritonserver_args(dep, tritonserver, repository)
+
+
+BACKEND = VllmBackend()

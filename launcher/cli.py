@@ -1,0 +1,45 @@
+"""``llm-launch``: compose a deployment spec with Hydra and run it up to ``action``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from launcher.errors import USER_ERROR_EXIT, LauncherError
+from launcher.spec import register_configs
+
+register_configs()
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Entry point; in a ``-m`` sweep an invalid combination is recorded, not raised."""
+    from launcher.pipeline import deploy
+    from launcher.report import print_outcome, print_problems
+
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        outcome = deploy(cfg, tuple(hydra_cfg.overrides.task))
+    except LauncherError as err:
+        if multirun:
+            return {"status": "invalid", "problem": str(err.problems[0]), "output_dir": ""}
+        print_problems(err)
+        if os.environ.get("LAUNCHER_FULL_ERROR") == "1":
+            raise
+        sys.exit(USER_ERROR_EXIT)
+    if not multirun:
+        print_outcome(outcome)
+    return {"status": "ok", "problem": "", "output_dir": outcome.output_dir or ""}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The pipeline: compose -> spec -> inspect -> validate -> plan -> export -> render -> launch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from launcher import validate
+from launcher.backends import get_backend
+from launcher.backends.base import Step
+from launcher.deployment import Deployment, resolve
+from launcher.errors import LauncherError, user_error
+from launcher.spec import Action, DeploySpec, to_spec
+from launcher.targets import TARGETS
+
+REPLAY_HEADER = """\
+# Resolved deployment spec written by llm-launch; re-render it with
+#   llm-launch --config-dir={output_dir} --config-name=spec action=render
+defaults:
+  - base_config
+  - backend: base_{backend}
+  - target: base_{target}
+  - override hydra/job_logging: disabled
+  - override hydra/hydra_logging: disabled
+  - _self_
+hydra:
+  output_subdir: null
+  run:
+    dir: .
+  job:
+    chdir: false
+"""
+
+
+@dataclass
+class Outcome:
+    spec: DeploySpec
+    steps: list[Step]
+    output_dir: str | None = None
+
+
+def typed_spec(cfg: DictConfig) -> DeploySpec:
+    try:
+        return to_spec(cfg)
+    except MissingMandatoryValue as err:
+        key = err.full_key or "?"
+        raise user_error(key, "has no value", f"set it on the command line, e.g. {key}=...") from err
+
+
+def spec_yaml(spec: DeploySpec) -> str:
+    body = OmegaConf.to_yaml(OmegaConf.structured(spec), resolve=True)
+    header = REPLAY_HEADER.format(output_dir=spec.output_dir, backend=spec.backend.name, target=spec.target.name)
+    return header + body
+
+
+def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
+    """Run the composed spec up to its action; raises LauncherError with every problem found."""
+    spec = typed_spec(cfg)
+    dep = resolve(spec, overrides)
+    problems = validate.problems(dep)
+    if problems:
+        raise LauncherError(*problems)
+    backend, target = get_backend(spec.backend.name), TARGETS[spec.target.name]
+    plan = backend.plan(dep)
+    steps = [*plan.steps, render_step(dep), target.launch_step(dep, plan, backend)]
+    if spec.action == Action.plan:
+        return Outcome(spec, steps)
+    if spec.action != Action.render:
+        backend.export(dep, plan)
+    if spec.action == Action.export:
+        return Outcome(spec, steps, str(plan.export.directory))
+    from launcher.render import render
+
+    output_dir = render(dep, plan, target.launch_files(dep, plan, backend), spec_yaml(spec))
+    if spec.action in (Action.serve, Action.smoke):
+        target.run(dep, plan, backend)
+    return Outcome(spec, steps, str(output_dir))
+
+
+def render_step(dep: Deployment) -> Step:
+    return Step("render", f"model repository + launch files -> {dep.paths.output_dir}",
+                dep.launcher_command("render"))

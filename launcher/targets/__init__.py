@@ -1,0 +1,43 @@
+"""Targets say where and how the server runs: every module here that defines ``TARGET`` is one."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, Protocol
+
+from launcher.spec import TargetSpec
+
+if TYPE_CHECKING:
+    from launcher.backends.base import Backend, Plan, Step
+    from launcher.deployment import Deployment
+
+
+class Target(Protocol):
+    name: str
+    spec_class: type[TargetSpec]
+
+    def launch_files(self, dep: Deployment, plan: Plan, backend: Backend) -> dict[str, str]:
+        """File name -> content of the launch files written next to the model repository."""
+        ...
+
+    def launch_step(self, dep: Deployment, plan: Plan, backend: Backend) -> Step:
+        """The plan step that starts the server, with its exact command."""
+        ...
+
+    def run(self, dep: Deployment, plan: Plan, backend: Backend) -> None:
+        """Start the rendered deployment, wait until ready, smoke it; keep serving unless smoke."""
+        ...
+
+
+def _discover() -> dict[str, Target]:
+    found: dict[str, Target] = {}
+    for module in pkgutil.iter_modules(__path__):
+        target = getattr(importlib.import_module(f"{__name__}.{module.name}"), "TARGET", None)
+        if target is not None:
+            found[target.name] = target
+    return found
+
+
+TARGETS = _discover()
+TARGET_SPECS = {name: target.spec_class for name, target in TARGETS.items()}

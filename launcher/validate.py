@@ -1,0 +1,202 @@
+"""Validation: each rule is a small function from a deployment to the problems it finds.
+
+Every problem names the config key and the fix; all of them are reported together and stop the
+run before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import fields
+
+from launcher.deployment import Deployment
+from launcher.errors import Problem
+from launcher.spec import Action
+
+GIB = 1024**3
+BYTES_PER_WEIGHT = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2, "fp8": 1, "int8": 1, "int4": 0.5}
+BYTES_PER_KV = {"auto": 2, "fp8": 1, "int8": 1}
+
+Rule = Callable[[Deployment], list[Problem]]
+
+
+def architecture_known(dep: Deployment) -> list[Problem]:
+    if dep.arch is not None or dep.load_problems:
+        return []
+    return [Problem("model.arch", f"unknown for model '{dep.spec.model.name}': the checkpoint is not on "
+                    "this machine and the model config carries no arch",
+                    "set model.checkpoint to local weights or add model.arch to the model config")]
+
+
+def precision_fits_hardware(dep: Deployment) -> list[Problem]:
+    precision, hw = dep.spec.precision, dep.spec.hardware
+    if precision.needs_gpu and hw.gpu is None:
+        return [Problem("precision", f"{precision.name} needs a GPU; hardware={hw.name} has none",
+                        "use precision=auto, bf16 or fp32 on cpu")]
+    if precision.min_compute_capability > hw.compute_capability and hw.gpu is not None:
+        return [Problem("precision", f"{precision.name} needs compute capability >= "
+                        f"{precision.min_compute_capability}; hardware={hw.name} ({hw.gpu}) has "
+                        f"{hw.compute_capability}", "choose precision=bf16 or hardware with a newer GPU")]
+    return []
+
+
+def parallelism_fits_gpus(dep: Deployment) -> list[Problem]:
+    backend, hw = dep.spec.backend, dep.spec.hardware
+    world = backend.tensor_parallel * backend.pipeline_parallel
+    if world > 1 and world > hw.total_gpus:
+        return [Problem("backend.tensor_parallel", f"tensor_parallel x pipeline_parallel = {world} GPUs, "
+                        f"but hardware={hw.name} has {hw.total_gpus}",
+                        f"set backend.tensor_parallel<={max(hw.total_gpus, 1)} or pick larger hardware")]
+    return []
+
+
+def heads_divide_by_tp(dep: Deployment) -> list[Problem]:
+    tp, arch = dep.spec.backend.tensor_parallel, dep.arch
+    if arch is None or tp <= 1:
+        return []
+    problems = []
+    if arch.num_attention_heads % tp:
+        problems.append(Problem("backend.tensor_parallel", f"{arch.num_attention_heads} attention heads "
+                                f"do not divide by tensor_parallel={tp}",
+                                f"use a divisor of {arch.num_attention_heads}"))
+    kv = arch.num_kv_heads
+    if kv % tp and tp % kv:
+        problems.append(Problem("backend.tensor_parallel", f"{kv} KV heads neither divide by nor replicate "
+                                f"evenly over tensor_parallel={tp}", f"use a divisor or multiple of {kv}"))
+    return problems
+
+
+def pipeline_divides_layers(dep: Deployment) -> list[Problem]:
+    pp, arch = dep.spec.backend.pipeline_parallel, dep.arch
+    if arch is None or pp <= arch.num_layers:
+        return []
+    return [Problem("backend.pipeline_parallel", f"{pp} stages for {arch.num_layers} layers",
+                    f"use at most {arch.num_layers}")]
+
+
+def checkpoint_available(dep: Deployment) -> list[Problem]:
+    return list(dep.load_problems)
+
+
+def architecture_matches_checkpoint(dep: Deployment) -> list[Problem]:
+    declared, ckpt = dep.spec.model.arch, dep.checkpoint
+    if declared is None or ckpt is None:
+        return []
+    skip = {"dtype", "rope_scaling", "max_position_embeddings", "rms_norm_eps"}
+    diffs = [f"{f.name}: config {getattr(declared, f.name)} vs checkpoint {getattr(ckpt.arch, f.name)}"
+             for f in fields(declared)
+             if f.name not in skip and getattr(declared, f.name) != getattr(ckpt.arch, f.name)]
+    if not diffs:
+        return []
+    return [Problem("model.arch", f"does not match the checkpoint at {ckpt.path} ({'; '.join(diffs)})",
+                    "fix the model config or point model.checkpoint at the right weights")]
+
+
+def memory_fits(dep: Deployment) -> list[Problem]:
+    """Weights + KV cache for max batch x max sequence must fit memory x kv_cache_memory_fraction."""
+    arch, spec = dep.arch, dep.spec
+    if arch is None:
+        return []
+    estimate = memory_estimate(dep)
+    budget = spec.hardware.memory_gb * GIB * spec.backend.kv_cache_memory_fraction
+    if estimate["total"] <= budget:
+        return []
+    return [Problem("backend.max_batch_size", f"needs ~{estimate['weights'] / GIB:.1f} GiB weights + "
+                    f"{estimate['kv_cache'] / GIB:.1f} GiB KV cache per "
+                    f"{'GPU' if spec.hardware.gpu else 'host'}, over {spec.hardware.memory_gb:g} GiB x "
+                    f"{spec.backend.kv_cache_memory_fraction} = {budget / GIB:.1f} GiB",
+                    "lower backend.max_batch_size or model.max_input_len/max_output_len, raise "
+                    "backend.tensor_parallel, or use a smaller precision")]
+
+
+def memory_estimate(dep: Deployment) -> dict[str, float]:
+    """Bytes per GPU (or host) for weights and a full KV cache; pytorch keeps a full copy per GPU."""
+    arch, spec = dep.arch, dep.spec
+    assert arch is not None
+    shards = spec.backend.tensor_parallel * spec.backend.pipeline_parallel
+    weight_bytes = BYTES_PER_WEIGHT.get(spec.precision.weights, 2)
+    if spec.precision.weights == "auto":
+        weight_bytes = BYTES_PER_WEIGHT.get(arch.dtype, 2)
+    weights = arch.num_parameters() * weight_bytes / shards
+    seq = spec.model.max_input_len + spec.model.max_output_len
+    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * BYTES_PER_KV.get(
+        spec.precision.kv_cache, 2)
+    kv_cache = kv_per_token * seq * spec.backend.max_batch_size / shards
+    return {"weights": weights, "kv_cache": kv_cache, "total": weights + kv_cache}
+
+
+def sequence_fits_model(dep: Deployment) -> list[Problem]:
+    arch, model = dep.arch, dep.spec.model
+    if arch is None:
+        return []
+    seq = model.max_input_len + model.max_output_len
+    if seq <= arch.max_position_embeddings:
+        return []
+    return [Problem("model.max_input_len", f"max_input_len + max_output_len = {seq} exceeds the model's "
+                    f"{arch.max_position_embeddings} positions", "lower model.max_input_len or max_output_len")]
+
+
+def serving_hardware_present(dep: Deployment) -> list[Problem]:
+    """``serve``/``smoke`` on the local target must run on hardware this machine has."""
+    spec = dep.spec
+    if spec.action not in (Action.serve, Action.smoke) or spec.target.name != "local":
+        return []
+    hw = spec.hardware
+    if hw.gpu is None:
+        return []
+    from launcher.gpu import detect_gpus
+
+    found = detect_gpus()
+    if len(found) < max(hw.gpus_per_node, 1) or hw.nodes > 1:
+        have = ", ".join(f"{g.name} (cc {g.compute_capability})" for g in found) or "no GPU"
+        return [Problem("hardware", f"{hw.name} needs {hw.gpus_per_node} x {hw.gpu} on {hw.nodes} node(s); "
+                        f"this machine has {have}", "serve with hardware=cpu here, or use a cluster target")]
+    low = [g for g in found if g.compute_capability + 1e-6 < hw.compute_capability]
+    if low:
+        return [Problem("hardware", f"{hw.name} assumes compute capability {hw.compute_capability}; found "
+                        f"{low[0].name} with {low[0].compute_capability}", "pick the hardware entry you have")]
+    return []
+
+
+def positive_sizes(dep: Deployment) -> list[Problem]:
+    spec = dep.spec
+    checks = {
+        "backend.tensor_parallel": spec.backend.tensor_parallel,
+        "backend.pipeline_parallel": spec.backend.pipeline_parallel,
+        "backend.max_batch_size": spec.backend.max_batch_size,
+        "backend.instance_count": spec.backend.instance_count,
+        "model.max_input_len": spec.model.max_input_len,
+        "model.max_output_len": spec.model.max_output_len,
+    }
+    problems = [Problem(k, f"must be >= 1, got {v}", f"set {k}=1 or more") for k, v in checks.items() if v < 1]
+    fraction = spec.backend.kv_cache_memory_fraction
+    if not 0 < fraction <= 1 or math.isnan(fraction):
+        problems.append(Problem("backend.kv_cache_memory_fraction", f"must be in (0, 1], got {fraction}",
+                                "e.g. backend.kv_cache_memory_fraction=0.9"))
+    return problems
+
+
+RULES: tuple[Rule, ...] = (
+    positive_sizes,
+    checkpoint_available,
+    architecture_known,
+    architecture_matches_checkpoint,
+    precision_fits_hardware,
+    parallelism_fits_gpus,
+    heads_divide_by_tp,
+    pipeline_divides_layers,
+    sequence_fits_model,
+    memory_fits,
+    serving_hardware_present,
+)
+
+
+def problems(dep: Deployment) -> list[Problem]:
+    """Every problem the generic rules and the chosen backend find."""
+    from launcher.backends import get_backend
+
+    found = [p for rule in RULES for p in rule(dep)]
+    if dep.arch is not None:
+        found += get_backend(dep.spec.backend.name).problems(dep)
+    return found
