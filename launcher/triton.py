@@ -48,3 +48,30 @@ def require_triton(install: TritonInstall) -> TritonInstall:
         raise user_error("target.tritonserver", "no tritonserver found (nvidia-pytriton is not installed)",
                          "run scripts/setup, or set target.tritonserver=/path/to/tritonserver")
     return install
+
+
+def assemble_backends(root: Path, directory: Path) -> None:
+    """Fill ``directory/python`` from the wheel's ``root``: Python backend, utils, this Python's stub."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise user_error("target.tritonserver", f"the nvidia-pytriton wheel has no Python-backend stub for "
+                         f"Python {version}", "serve from a Python the wheel supports (3.8-3.13)")
+    python = directory / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    library = root / "backends" / "python"
+    for source in (library / "libtriton_python.so", library / "triton_python_backend_utils.py", stub):
+        shutil.copy2(source, python / source.name)
+
+
+def require_numpy_below_2() -> None:
+    """The Triton 2.51 stub garbles every input tensor under numpy 2 (DESIGN.md section 6)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("numpy")
+    except metadata.PackageNotFoundError:
+        return
+    if int(version.split(".")[0]) >= 2:
+        raise user_error("numpy", f"the serving Python ({sys.executable}) has numpy {version}; Triton 2.51's "
+                         "Python-backend stub needs numpy < 2", "pip install 'numpy<2' into this environment")

@@ -19,6 +19,12 @@ if TYPE_CHECKING:
 
 TensorStream = Iterator[tuple[str, "torch.Tensor"]]
 
+SAFETENSORS_DTYPES = {  # torch dtype name -> safetensors header code
+    "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
+    "int8": "I8", "uint8": "U8", "int16": "I16", "int32": "I32", "int64": "I64", "bool": "BOOL",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+}
+
 
 @dataclass
 class Checkpoint:

@@ -14,17 +14,14 @@ import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from launcher.checkpoints.base import SAFETENSORS_DTYPES
+
 if TYPE_CHECKING:
     import torch
 
 HEADER_RESERVE = 256 * 1024  # bytes; about 2,000 tensor entries per file
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 
-_DTYPE_CODES = {
-    "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
-    "int8": "I8", "uint8": "U8", "int16": "I16", "int32": "I32", "int64": "I64", "bool": "BOOL",
-    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
-}
 
 
 class _File:
@@ -51,7 +48,7 @@ class _File:
         start = self.data_bytes
         self._f.write(memoryview(data))
         self.data_bytes += data.nbytes
-        entry = {"dtype": _DTYPE_CODES[str(tensor.dtype).removeprefix("torch.")],
+        entry = {"dtype": SAFETENSORS_DTYPES[str(tensor.dtype).removeprefix("torch.")],
                  "shape": list(tensor.shape), "data_offsets": [start, self.data_bytes]}
         self.entries[name] = entry
         self.header_bytes += len(json.dumps({name: entry}))

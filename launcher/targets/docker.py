@@ -11,17 +11,22 @@ from launcher.deployment import Deployment
 from launcher.errors import user_error
 from launcher.spec import TargetSpec
 
-REPOSITORY_MOUNT = "/models"
+REPOSITORY_MOUNT = "/triton/model_repository"
 
 
 @dataclass
-class DockerTargetSpec(TargetSpec):
-    name: str = "docker"
+class ContainerTargetSpec(TargetSpec):
+    """Targets that run NVIDIA's Triton container: ``<registry>:<tag>-<suffix of the backend>``."""
+
     registry: str = "nvcr.io/nvidia/tritonserver"
     tag: str = "25.01"
-    # image suffix per backend: <registry>:<tag>-<suffix>
     suffixes: dict[str, str] = field(default_factory=lambda: {
         "pytorch": "py3", "vllm": "vllm-python-py3", "trtllm": "trtllm-python-py3"})
+
+
+@dataclass
+class DockerTargetSpec(ContainerTargetSpec):
+    name: str = "docker"
     shm_size: str = "2g"
     extra_args: list[str] = field(default_factory=list)
 
@@ -47,8 +52,13 @@ def docker_command(dep: Deployment, plan: Plan, backend: Backend) -> list[str]:
         "-v", f"{export_dir}:{export_dir}:ro",
         *spec.target.extra_args,
         image(dep),
-        *backend.server_args(dep, "tritonserver", REPOSITORY_MOUNT),
+        *bind_all_interfaces(backend.server_args(dep, "tritonserver", REPOSITORY_MOUNT), server.host),
     ]
+
+
+def bind_all_interfaces(args: list[str], host: str) -> list[str]:
+    """Inside a container the server listens on every interface; the host side publishes ports."""
+    return [a.replace(f"-address={host}", "-address=0.0.0.0") for a in args]
 
 
 class DockerTarget:

@@ -8,19 +8,16 @@ from typing import Any
 from launcher.backends.base import Backend, Plan, Step
 from launcher.deployment import Deployment
 from launcher.errors import user_error
-from launcher.spec import TargetSpec
-from launcher.targets.docker import image
+from launcher.targets.docker import ContainerTargetSpec, bind_all_interfaces, image
 
-REPOSITORY_MOUNT = "/models"
+REPOSITORY_MOUNT = "/triton"
 
 
 @dataclass
-class K8sTargetSpec(TargetSpec):
+class K8sTargetSpec(ContainerTargetSpec):
     name: str = "k8s"
     namespace: str = "default"
     replicas: int = 1
-    registry: str = "nvcr.io/nvidia/tritonserver"
-    tag: str = "25.01"
     repository_pvc: str = "llm-launch-models"  # PVC holding the rendered repository and the export
     service_type: str = "ClusterIP"
 
@@ -38,7 +35,7 @@ def manifests(dep: Deployment, backend: Backend) -> list[dict[str, Any]]:
         "name": "triton",
         "image": image(dep),
         "command": args[:1],
-        "args": [a.replace(f"={server.host}", "=0.0.0.0") for a in args[1:]],
+        "args": bind_all_interfaces(args[1:], server.host),
         "ports": [{"name": "http", "containerPort": server.http_port},
                   {"name": "grpc", "containerPort": server.grpc_port},
                   {"name": "metrics", "containerPort": server.metrics_port}],
