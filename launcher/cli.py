@@ -27,6 +27,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if multirun and not any(o.startswith("output_dir=") for o in hydra_cfg.overrides.task):
+        # one directory per job, so combinations that share a name never overwrite each other
+        cfg.output_dir = f"{hydra_cfg.sweep.dir}/{hydra_cfg.job.num}-{cfg.name}"
     try:
         outcome = deploy(cfg, tuple(hydra_cfg.overrides.task))
     except LauncherError as err:

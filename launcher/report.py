@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.syntax import Syntax
 
 from launcher.errors import LauncherError
 from launcher.pipeline import Outcome, spec_yaml
-from launcher.spec import Action
+from launcher.spec import Action, ServerSpec
+
+if TYPE_CHECKING:
+    from launcher.query import Answer
 
 console = Console(soft_wrap=True, highlight=False)
 
@@ -23,7 +27,7 @@ def print_problems(err: LauncherError) -> None:
 
 def print_plan(outcome: Outcome) -> None:
     body = spec_yaml(outcome.spec).split("_self_\n", 1)[-1].split("chdir: false\n", 1)[-1]
-    console.print(Syntax(body, "yaml", theme="ansi_dark", background_color="default"))
+    console.print(body, markup=False, emoji=False, style="dim")
     console.print(f"[bold]Plan for {outcome.spec.name}[/] ({len(outcome.steps)} steps)")
     for number, step in enumerate(outcome.steps, 1):
         state = " [green](done)[/]" if step.done else ""
@@ -41,4 +45,36 @@ def print_outcome(outcome: Outcome) -> None:
         console.print(f"export: {outcome.output_dir}", markup=False)
     elif action == Action.render:
         console.print(f"rendered: {outcome.output_dir}", markup=False)
+    else:
+        console.print(f"deployment: {outcome.output_dir}", markup=False)
     sys.stdout.flush()
+
+
+def say(text: str) -> None:
+    console.print(text, markup=False, emoji=False)
+    sys.stdout.flush()
+
+
+def print_starting(pid: int, server: ServerSpec, log: Path) -> None:
+    say(f"starting tritonserver (pid {pid}): http {server.host}:{server.http_port}, "
+        f"grpc {server.host}:{server.grpc_port}, metrics {server.host}:{server.metrics_port}; log {log}")
+
+
+def print_ready(seconds: float) -> None:
+    say(f"ready in {seconds:.1f} s")
+
+
+def print_smoke(prompt: str, answer: Answer) -> None:
+    say(f"prompt: {prompt}")
+    say(f"answer: {answer.text.strip()}")
+    rate = f", {answer.tokens} tokens, {answer.tokens_per_s:.1f} tokens/s" if answer.tokens_per_s else ""
+    say(f"latency {answer.latency_s:.2f} s{rate}")
+
+
+def print_serving(model: str, server: ServerSpec) -> None:
+    say(f"serving '{model}' until Ctrl-C; try: llm-query --url {server.host}:{server.grpc_port} --model {model} "
+        f"{shlex.quote('What is the capital of France?')}")
+
+
+def print_stopped(reason: str) -> None:
+    say(f"{reason}: tritonserver stopped")

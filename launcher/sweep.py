@@ -38,12 +38,14 @@ class SweepSummary(Callback):
             writer.writeheader()
             writer.writerows(self.rows)
         (sweep_dir / "summary.json").write_text(json.dumps(self.rows, indent=2) + "\n")
-        table = Table(title=f"sweep: {len(self.rows)} combinations")
+        shared = set.intersection(*(set(r["combination"].split()) for r in self.rows)) if self.rows else set()
+        table = Table(title=f"sweep: {len(self.rows)} combinations of {' '.join(sorted(shared))}".rstrip())
         for name in fields:
             table.add_column(name, overflow="fold")
         for row in self.rows:
             style = "green" if row["status"] == "ok" else "red"
-            table.add_row(row["combination"], f"[{style}]{row['status']}[/]", row["problem"], row["output_dir"])
+            varying = " ".join(o for o in row["combination"].split() if o not in shared)
+            table.add_row(varying, f"[{style}]{row['status']}[/]", row["problem"], row["output_dir"])
         Console(soft_wrap=False).print(table)
         ok = sum(r["status"] == "ok" for r in self.rows)
         print(f"{ok}/{len(self.rows)} ok; summary in {sweep_dir}/summary.csv and summary.json")

@@ -128,7 +128,7 @@ def test_failed_render_leaves_previous_output_untouched(run_deploy, monkeypatch)
 def test_render_refuses_to_replace_a_foreign_directory(run_deploy, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
-    with pytest.raises(LauncherError, match="output_dir: .* was not written by llm-launch"):
+    with pytest.raises(LauncherError, match=r"output_dir: .* was not written by llm-launch"):
         run_deploy("model=llama3-8b", "hardware=h100x1", "action=render")
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from launcher.backends.base import Backend, Plan, Step
 from launcher.deployment import Deployment
-from launcher.errors import user_error
 from launcher.spec import TargetSpec
 
 
@@ -18,11 +17,16 @@ class LocalTargetSpec(TargetSpec):
 
 
 def server_command(dep: Deployment, backend: Backend) -> list[str]:
+    """The server's argv; the wheel's server gets the backend directory ``run`` assembles."""
     from launcher.triton import find_triton
 
     triton = find_triton(dep.spec.target.tritonserver)
-    return [*backend.server_args(dep, str(triton.binary), str(dep.paths.repository.resolve())),
-            f"--backend-directory={dep.paths.backends.resolve()}"]
+    command = backend.server_args(dep, str(triton.binary), str(dep.paths.repository.resolve()))
+    if triton.root is not None:
+        command.append(f"--backend-directory={dep.paths.backends.resolve()}")
+    if dep.spec.hardware.gpu is None:
+        command += ["--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0"]
+    return command
 
 
 class LocalTarget:
@@ -43,8 +47,16 @@ class LocalTarget:
                     tuple(server_command(dep, backend)))
 
     def run(self, dep: Deployment, plan: Plan, backend: Backend) -> None:
-        raise user_error("action", f"{dep.spec.action.value} is not available yet",
-                         "use action=plan or action=render")
+        from launcher.serve import serve
+        from launcher.server import TritonProcess, resolve_ports
+        from launcher.triton import assemble_backends, find_triton, require_numpy_below_2, require_triton
+
+        require_numpy_below_2()
+        triton = require_triton(find_triton(dep.spec.target.tritonserver))
+        dep = replace(dep, spec=replace(dep.spec, server=resolve_ports(dep.spec.server)))
+        if triton.root is not None:
+            assemble_backends(triton.root, dep.paths.backends)
+        serve(dep, TritonProcess(server_command(dep, backend), triton.environment(), dep.paths.server_log))
 
 
 TARGET = LocalTarget()
