@@ -7,6 +7,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from launcher.checkpoints import Checkpoint
 
 CONVERTER_VERSION = "1"  # bump when a converter's output changes, so old entries are not reused
 
@@ -34,3 +38,11 @@ def fill(entry: Path, produce: Callable[[Path], None]) -> bool:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return False
+
+
+def export_hf(checkpoint: Checkpoint, entry: Path, dtype: str = "auto") -> tuple[Path, bool]:
+    """Convert ``checkpoint`` to an HF directory at cache entry ``entry``; returns ``(entry, hit)``."""
+    from launcher.convert import to_hf
+
+    hit = fill(entry, lambda tmp: to_hf(checkpoint, tmp, dtype))
+    return entry, hit

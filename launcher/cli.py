@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         sys.exit(USER_ERROR_EXIT)
     if not multirun:
         print_outcome(outcome)
-    return {"status": "ok", "problem": "", "output_dir": outcome.output_dir or ""}
+    return {"status": "ok", "problem": "", "output_dir": outcome.output_dir or outcome.export_dir or ""}
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
@@ -39,6 +40,9 @@ class Outcome:
     spec: DeploySpec
     steps: list[Step]
     output_dir: str | None = None
+    export_dir: str | None = None
+    export_cached: bool = False  # the export was already in the cache (or used in place)
+    export_seconds: float = 0.0
 
 
 def typed_spec(cfg: DictConfig) -> DeploySpec:
@@ -67,16 +71,20 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     steps = [*plan.steps, render_step(dep), target.launch_step(dep, plan, backend)]
     if spec.action == Action.plan:
         return Outcome(spec, steps)
+    outcome = Outcome(spec, steps, export_dir=str(plan.export.directory))
     if spec.action != Action.render:
+        outcome.export_cached = plan.export.key is None or plan.export.directory.is_dir()
+        start = time.perf_counter()
         backend.export(dep, plan)
+        outcome.export_seconds = time.perf_counter() - start
     if spec.action == Action.export:
-        return Outcome(spec, steps, str(plan.export.directory))
+        return outcome
     from launcher.render import render
 
-    output_dir = render(dep, plan, target.launch_files(dep, plan, backend), spec_yaml(spec))
+    outcome.output_dir = str(render(dep, plan, target.launch_files(dep, plan, backend), spec_yaml(spec)))
     if spec.action in (Action.serve, Action.smoke):
         target.run(dep, plan, backend)
-    return Outcome(spec, steps, str(output_dir))
+    return outcome
 
 
 def render_step(dep: Deployment) -> Step:

@@ -103,7 +103,7 @@ class Archive:
     def open(self, name: str) -> IO[bytes]:
         """A seekable binary file object for member ``name``."""
         if self.root is not None:
-            return open(self.root / name, "rb")  # noqa: SIM115 (the caller closes it)
+            return open(self.root / name, "rb")
         assert self._tar is not None
         f = self._tar.extractfile(self._members[name])
         assert f is not None, "regular files always extract"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
+import struct
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from launcher.errors import user_error
 from launcher.spec import ModelArch
@@ -54,7 +56,8 @@ class Checkpoint:
         h = hashlib.sha256()
         for f in files:
             st = f.stat()
-            h.update(f"{f.relative_to(self.path) if f != self.path else f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+            name = f.relative_to(self.path) if f != self.path else f.name
+            h.update(f"{name}:{st.st_size}:{st.st_mtime_ns};".encode())
         return h.hexdigest()
 
 
@@ -83,3 +86,30 @@ def load_torch_file(path: Path) -> dict[str, Any]:
 
     with reading(path, "the torch checkpoint"):
         return torch.load(path, map_location="cpu", mmap=zipfile.is_zipfile(path), weights_only=True)
+
+
+def read_safetensors(f: IO[bytes], where: str) -> TensorStream:
+    """Tensors of a safetensors file object, one at a time, each read into its own buffer.
+
+    Plain reads rather than ``safe_open``'s memory map: a map keeps every page it touched resident
+    until the file is closed, so peak RSS would grow to the file's size. This works on tar members too.
+    """
+    import torch
+
+    with reading(where, "safetensors weights"):
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        needed = max((e["data_offsets"][1] for k, e in header.items() if k != "__metadata__"), default=0)
+        f.seek(0, 2)
+        if f.tell() < 8 + size + needed:
+            raise EOFError(f"the file is cut short: {f.tell()} bytes, its header needs {8 + size + needed}")
+    dtypes = {code: getattr(torch, name) for name, code in SAFETENSORS_DTYPES.items()}
+    entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda e: e[1]["data_offsets"])
+    for name, entry in entries:
+        start, end = entry["data_offsets"]
+        with reading(where, f"tensor {name}"):
+            f.seek(8 + size + start)
+            data = torch.empty(end - start, dtype=torch.uint8)
+            if f.readinto(memoryview(data.numpy())) != end - start:
+                raise EOFError(f"tensor {name} is cut short")
+        yield name, data.view(dtypes[entry["dtype"]]).reshape(entry["shape"])

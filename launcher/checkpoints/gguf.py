@@ -44,7 +44,7 @@ def is_gguf(path: Path) -> bool:
 
 
 def hf_name(gguf_name: str) -> str | None:
-    """The HF name of a llama.cpp tensor name (``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``)."""
+    """The HF name of a llama.cpp tensor (``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight``)."""
     if gguf_name in _TOP_LEVEL:
         return _TOP_LEVEL[gguf_name]
     match = _BLOCK.fullmatch(gguf_name)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from launcher.checkpoints.base import Checkpoint, TensorStream, load_torch_file, reading
+from launcher.checkpoints.base import Checkpoint, TensorStream, load_torch_file, read_safetensors
 from launcher.errors import user_error
 from launcher.spec import ModelArch
 
@@ -70,12 +70,9 @@ def arch_from_config(config: dict, where: Path) -> ModelArch:
 
 
 def _safetensors_tensors(files: list[Path]) -> TensorStream:
-    from safetensors import safe_open
-
     for file in files:
-        with reading(file, "safetensors weights"), safe_open(file, framework="pt") as f:
-            for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                yield name, f.get_tensor(name)
+        with open(file, "rb") as f:
+            yield from read_safetensors(f, str(file))
 
 
 def _pickle_tensors(files: list[Path]) -> TensorStream:

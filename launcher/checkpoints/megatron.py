@@ -64,7 +64,7 @@ def layer_to_hf(layer: int, name: str, tensor: torch.Tensor, arch: ModelArch) ->
     prefix = f"model.layers.{layer}."
     if name == "self_attention.linear_qkv.weight":
         q, k, v = split_qkv(tensor, arch)
-        yield from ((prefix + f"self_attn.{x}_proj.weight", t) for x, t in zip("qkv", (q, k, v)))
+        yield from ((prefix + f"self_attn.{x}_proj.weight", t) for x, t in zip("qkv", (q, k, v), strict=True))
     elif name == "mlp.linear_fc1.weight":
         gate, up = tensor.chunk(2, dim=0)
         yield prefix + "mlp.gate_proj.weight", gate
@@ -137,7 +137,7 @@ def dist_tensors(open_fn: OpenFn, where: str, num_layers: int) -> Iterator[tuple
                 if not offsets[0] <= layer < offsets[0] + data.shape[0]:
                     continue
                 data, offsets = data[layer - offsets[0]], offsets[1:]
-            out[tuple(slice(o, o + s) for o, s in zip(offsets, data.shape))] = data
+            out[tuple(slice(o, o + s) for o, s in zip(offsets, data.shape, strict=True))] = data
         return out
 
     for fqn, meta in metadata.state_dict_metadata.items():

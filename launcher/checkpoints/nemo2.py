@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from launcher.checkpoints import megatron
 from launcher.checkpoints.base import Checkpoint, TensorStream, reading
@@ -73,7 +73,10 @@ def tokenizer_path(context: Path, tokenizer: dict[str, Any]) -> Path | None:
 
 
 def _tensors(weights: Path, arch: ModelArch) -> TensorStream:
-    for fqn, tensor in megatron.dist_tensors(lambda name: open(weights / name, "rb"), str(weights), arch.num_layers):
+    def open_file(name: str) -> IO[bytes]:
+        return (weights / name).open("rb")
+
+    for fqn, tensor in megatron.dist_tensors(open_file, str(weights), arch.num_layers):
         yield from megatron.to_hf(megatron.strip_prefix(fqn, ("module.",)), tensor, arch)
 
 

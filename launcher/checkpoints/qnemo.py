@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from launcher.checkpoints.archive import Archive
-from launcher.checkpoints.base import SAFETENSORS_DTYPES, Checkpoint, TensorStream, reading
+from launcher.checkpoints.base import Checkpoint, TensorStream, read_safetensors, reading
 from launcher.checkpoints.hf import check_architecture
 from launcher.errors import user_error
 from launcher.spec import ModelArch
@@ -61,30 +60,11 @@ def arch_from_config(config: dict[str, Any], where: str) -> ModelArch:
         raise user_error(f"{where}: {exc.args[0]}", "missing", "a TensorRT-LLM config.json needs it") from exc
 
 
-def safetensors_from(f: IO[bytes], where: str) -> TensorStream:
-    """Tensors of a safetensors file object, one at a time (works on a tar member, no extraction)."""
-    import torch
-
-    with reading(where, "safetensors weights"):
-        (size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(size))
-    dtypes = {code: getattr(torch, name) for name, code in SAFETENSORS_DTYPES.items()}
-    entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"), key=lambda e: e[1]["data_offsets"])
-    for name, entry in entries:
-        start, end = entry["data_offsets"]
-        with reading(where, f"tensor {name}"):
-            f.seek(8 + size + start)
-            data = bytearray(f.read(end - start))
-            if len(data) != end - start:
-                raise EOFError(f"tensor {name} is cut short")
-            yield name, torch.frombuffer(data, dtype=dtypes[entry["dtype"]]).reshape(entry["shape"])
-
-
 def _tensors(archive: Archive) -> TensorStream:
     ranks = sorted((int(m[1]), name) for name in archive.names() if (m := _RANK.fullmatch(name)))
     for _, name in ranks:
         with archive.open(name) as f:
-            yield from safetensors_from(f, f"{archive.path}:{name}")
+            yield from read_safetensors(f, f"{archive.path}:{name}")
 
 
 def read(path: Path) -> Checkpoint:

@@ -61,7 +61,7 @@ def hf_tensors(checkpoint: Checkpoint, dtype: torch.dtype) -> TensorStream:
     expected = set(hf_names(checkpoint.arch))
     seen = set()
     for name, tensor in checkpoint.tensors():
-        if name == "lm_head.weight" and checkpoint.arch.tie_word_embeddings or _BUFFERS.match(name):
+        if (name == "lm_head.weight" and checkpoint.arch.tie_word_embeddings) or _BUFFERS.match(name):
             continue
         if name not in expected:
             raise user_error(str(checkpoint.path), f"unexpected tensor '{name}' for {checkpoint.arch.architecture}",
@@ -101,17 +101,36 @@ def hf_config(arch: ModelArch, dtype: torch.dtype, special_ids: dict[str, int | 
     return config
 
 
+def _sentencepiece_tokenizer(model: Path):
+    """An HF Llama tokenizer built from a sentencepiece ``.model`` (vocabulary, scores -> BPE merges).
+
+    Read with the ``sentencepiece`` library itself: transformers' own path parses the model's protobuf,
+    which needs a protobuf runtime at least as new as the one it was generated with.
+    """
+    import sentencepiece
+    from transformers import LlamaTokenizer
+    from transformers.tokenization_utils_base import generate_merges
+
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(model))
+    pieces = [sp.id_to_piece(i) for i in range(sp.vocab_size())]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
+    merges = generate_merges(vocab, {piece: sp.get_score(i) for i, piece in enumerate(pieces)})
+    special = {name: sp.id_to_piece(i) if i >= 0 else None
+               for name, i in (("unk_token", sp.unk_id()), ("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()))}
+    return LlamaTokenizer(vocab=vocab, merges=merges, legacy=False, **special)
+
+
 def save_tokenizer(source: Path, out_dir: Path) -> dict[str, int | None]:
     """Save the tokenizer at ``source`` (HF dir, .gguf file or sentencepiece .model) as HF files.
 
     Returns its ``bos_token_id``/``eos_token_id``/``pad_token_id`` for the model's configs.
     """
-    from transformers import AutoTokenizer, LlamaTokenizer
+    from transformers import AutoTokenizer
 
     if source.suffix == ".gguf":
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     elif source.suffix == ".model":
-        tokenizer = LlamaTokenizer(vocab_file=str(source), legacy=False)
+        tokenizer = _sentencepiece_tokenizer(source)
     else:
         tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.save_pretrained(out_dir)
