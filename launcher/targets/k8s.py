@@ -1,16 +1,34 @@
-"""Kubernetes target: Deployment + Service manifests with GPU resources and health probes."""
+"""Kubernetes target: Deployment + Service manifests with GPU resources and health probes, checked
+against the Kubernetes schema (``kubernetes-validate``, offline) before they are written.
+
+The repository and the export live on a PersistentVolumeClaim (``target.repository_pvc``) at the same
+paths as on the machine that rendered them (relative to the volume's root), so every path the
+repository holds stays valid inside the pod.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import re
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from launcher.backends.base import Backend, Plan, Step
 from launcher.deployment import Deployment
 from launcher.errors import user_error
-from launcher.targets.docker import ContainerTargetSpec, bind_all_interfaces, image
+from launcher.targets.docker import ContainerTargetSpec, bind_all_interfaces, fixed_ports, image
 
-REPOSITORY_MOUNT = "/triton"
+MANIFESTS = "k8s.yaml"
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+GIB = 1024**3
+HOST_OVERHEAD_GIB = 4  # Triton, the Python-backend stubs and the tokenizer, beside the weights
+
+
+class ServiceType(Enum):
+    ClusterIP = "ClusterIP"
+    NodePort = "NodePort"
+    LoadBalancer = "LoadBalancer"
 
 
 @dataclass
@@ -19,18 +37,65 @@ class K8sTargetSpec(ContainerTargetSpec):
     namespace: str = "default"
     replicas: int = 1
     repository_pvc: str = "llm-launch-models"  # PVC holding the rendered repository and the export
-    service_type: str = "ClusterIP"
+    service_type: ServiceType = ServiceType.ClusterIP
+    shm_size: str = "2Gi"  # /dev/shm (a memory-backed emptyDir): the Python backend passes tensors through it
+    pod: dict[str, Any] = field(default_factory=dict)  # added to the pod spec: nodeSelector, tolerations, ...
+    kubernetes_version: str = "1.30"  # the schema the manifests are validated against
 
 
-def manifests(dep: Deployment, backend: Backend) -> list[dict[str, Any]]:
-    spec, hw, server = dep.spec, dep.spec.hardware, dep.spec.server
-    name = spec.name.lower().replace("_", "-").replace(".", "-")[:63]
+def resource_name(dep: Deployment) -> str:
+    """``name`` as a DNS-1123 label (what Kubernetes accepts as a Deployment and Service name)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", dep.spec.name.lower()).strip("-")[:63].rstrip("-")
+    if not name:
+        raise user_error("name", f"'{dep.spec.name}' leaves no letter or digit for a Kubernetes name",
+                         "set name=<letters, digits and '-'>")
+    return name
+
+
+def resources(dep: Deployment) -> dict[str, Any]:
+    """Requests from the spec: the node's GPUs, 2 CPUs per GPU (or per model instance on CPU), and host
+    memory for the weights this pod loads (KV cache too on CPU) plus the server's own overhead."""
+    from launcher.validate import memory_estimate
+
+    hw = dep.spec.hardware
+    estimate = memory_estimate(dep) if dep.arch is not None else {"weights": 0.0, "total": 0.0}
+    held = estimate["weights"] * hw.gpus_per_node if hw.gpu else estimate["total"]
+    requests: dict[str, Any] = {"cpu": str(2 * max(hw.gpus_per_node, dep.spec.backend.instance_count, 1)),
+                                "memory": f"{math.ceil(held / GIB) + HOST_OVERHEAD_GIB}Gi"}
+    if not hw.gpu:
+        return {"requests": requests}
+    gpus = {"nvidia.com/gpu": hw.gpus_per_node}
+    return {"requests": {**requests, **gpus}, "limits": gpus}
+
+
+def volumes(dep: Deployment, plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Pod volumes and the container's mounts: the PVC at the repository's and the export's own paths."""
+    target = dep.spec.target
+    paths = [str(dep.paths.repository.resolve()), str(plan.export.directory.expanduser().resolve())]
+    mounts = [{"name": "models", "mountPath": path, "subPath": path.lstrip("/"), "readOnly": True}
+              for path in paths]
+    mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    pod_volumes = [{"name": "models", "persistentVolumeClaim": {"claimName": target.repository_pvc,
+                                                                "readOnly": True}},
+                   {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": target.shm_size}}]
+    return pod_volumes, mounts
+
+
+def manifests(dep: Deployment, plan: Plan, backend: Backend) -> list[dict[str, Any]]:
+    spec, target, server = dep.spec, dep.spec.target, dep.spec.server
+    if spec.hardware.nodes > 1:
+        raise user_error("hardware", f"target=k8s writes one Deployment whose pod runs on one node; "
+                         f"hardware={spec.hardware.name} spans {spec.hardware.nodes} nodes",
+                         "use target=slurm for multi-node serving, or a one-node hardware entry")
+    if not DNS_LABEL.fullmatch(target.namespace) or len(target.namespace) > 63:
+        raise user_error("target.namespace", f"'{target.namespace}' is not a Kubernetes namespace name",
+                         "use lower-case letters, digits and '-' (at most 63)")
+    fixed_ports(dep)
+    name = resource_name(dep)
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "llm-launch"}
-    resources: dict[str, Any] = {"requests": {"cpu": "4", "memory": f"{int(max(hw.memory_gb, 16))}Gi"}}
-    if hw.gpu:
-        resources["limits"] = {"nvidia.com/gpu": hw.gpus_per_node}
-    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 10}
-    args = backend.server_args(dep, "tritonserver", f"{REPOSITORY_MOUNT}/model_repository")
+    args = backend.server_args(dep, "tritonserver", str(dep.paths.repository.resolve()))
+    pod_volumes, mounts = volumes(dep, plan)
+    probe = {"periodSeconds": 10, "timeoutSeconds": 5}
     container = {
         "name": "triton",
         "image": image(dep),
@@ -39,33 +104,68 @@ def manifests(dep: Deployment, backend: Backend) -> list[dict[str, Any]]:
         "ports": [{"name": "http", "containerPort": server.http_port},
                   {"name": "grpc", "containerPort": server.grpc_port},
                   {"name": "metrics", "containerPort": server.metrics_port}],
-        "resources": resources,
-        "readinessProbe": probe,
-        "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}},
-        "startupProbe": {**probe, "failureThreshold": 120},
-        "volumeMounts": [{"name": "models", "mountPath": REPOSITORY_MOUNT, "readOnly": True}],
+        "resources": resources(dep),
+        "startupProbe": {**probe, "httpGet": {"path": "/v2/health/ready", "port": "http"},
+                         "failureThreshold": math.ceil(server.start_timeout_s / probe["periodSeconds"])},
+        "readinessProbe": {**probe, "httpGet": {"path": "/v2/health/ready", "port": "http"}},
+        "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "failureThreshold": 3},
+        "volumeMounts": mounts,
     }
+    metadata = {"name": name, "namespace": target.namespace, "labels": labels}
     deployment = {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": spec.target.namespace, "labels": labels},
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
         "spec": {
-            "replicas": spec.target.replicas,
+            "replicas": target.replicas,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {
-                "containers": [container],
-                "volumes": [{"name": "models",
-                             "persistentVolumeClaim": {"claimName": spec.target.repository_pvc}}],
-            }},
+            "template": {"metadata": {"labels": labels},
+                         "spec": {"containers": [container], "volumes": pod_volumes, **target.pod}},
         },
     }
     service = {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": spec.target.namespace, "labels": labels},
-        "spec": {"type": spec.target.service_type, "selector": labels,
+        "apiVersion": "v1", "kind": "Service", "metadata": metadata,
+        "spec": {"type": target.service_type.value, "selector": labels,
                  "ports": [{"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]}
                            for p in container["ports"]]},
     }
     return [deployment, service]
+
+
+def validate(dep: Deployment, manifest: dict[str, Any]) -> None:
+    """Check one manifest against the Kubernetes schema; a failure names the spec key it came from."""
+    try:
+        import kubernetes_validate
+    except ImportError:
+        raise user_error("target", "kubernetes-validate is not installed; target=k8s checks its manifests with it",
+                         "pip install 'llm-launch[cluster]'") from None
+    version = dep.spec.target.kubernetes_version
+    try:
+        kubernetes_validate.validate(manifest, version, strict=True)
+    except kubernetes_validate.ValidationError as err:
+        path = [str(p) for p in err.absolute_path]
+        where = ".".join(path)
+        key = "target"
+        if path[:3] == ["spec", "template", "spec"] and len(path) > 3 and path[3] in dep.spec.target.pod:
+            key, where = "target.pod." + ".".join(path[3:]), ".".join(path[3:])
+        raise user_error(key, f"{manifest['kind']} field {where}: {err.message}",
+                         f"give {key} what the Kubernetes {version} schema expects") from None
+    except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.utils.VersionNotSupportedError) as err:
+        raise user_error("target.kubernetes_version", err.message,
+                         f"use a version kubernetes-validate knows (up to {kubernetes_validate.latest_version()})"
+                         ) from None
+
+
+def manifests_yaml(dep: Deployment, plan: Plan, backend: Backend) -> str:
+    """The validated manifests as YAML documents (shared label maps written out, not as anchors)."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    documents = manifests(dep, plan, backend)
+    for manifest in documents:
+        validate(dep, manifest)
+    return yaml.dump_all(documents, Dumper=Dumper, sort_keys=False)
 
 
 class K8sTarget:
@@ -73,18 +173,16 @@ class K8sTarget:
     spec_class = K8sTargetSpec
 
     def launch_files(self, dep: Deployment, plan: Plan, backend: Backend) -> dict[str, str]:
-        import yaml
-
-        return {"k8s.yaml": yaml.safe_dump_all(manifests(dep, backend), sort_keys=False)}
+        return {MANIFESTS: manifests_yaml(dep, plan, backend)}
 
     def launch_step(self, dep: Deployment, plan: Plan, backend: Backend) -> Step:
-        return Step("launch", "apply the manifests",
-                    ("kubectl", "apply", "-f", str(dep.paths.output_dir.resolve() / "k8s.yaml")),
-                    where="cluster")
+        return Step("launch", f"copy the repository and the export onto PVC {dep.spec.target.repository_pvc} "
+                    "at their own paths, then apply the manifests",
+                    ("kubectl", "apply", "-f", str(dep.paths.output_dir.resolve() / MANIFESTS)), where="cluster")
 
     def run(self, dep: Deployment, plan: Plan, backend: Backend) -> None:
         raise user_error("target", "action=serve with target=k8s is not available here",
-                         f"kubectl apply -f {dep.paths.output_dir}/k8s.yaml")
+                         f"kubectl apply -f {dep.paths.output_dir}/{MANIFESTS}")
 
 
 TARGET = K8sTarget()
