@@ -42,7 +42,8 @@ def print_outcome(outcome: Outcome) -> None:
     if action == Action.plan:
         print_plan(outcome)
     elif action == Action.export:
-        console.print(f"export: {outcome.output_dir}", markup=False)
+        state = "cache hit" if outcome.export_cached else "exported"
+        console.print(f"{state} in {outcome.export_seconds:.2f} s: {outcome.export_dir}", markup=False)
     elif action == Action.render:
         console.print(f"rendered: {outcome.output_dir}", markup=False)
     else:

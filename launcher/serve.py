@@ -1,0 +1,44 @@
+"""The verify stage: start the server, wait until ready, smoke it, then keep serving or stop."""
+
+from __future__ import annotations
+
+from launcher import report
+from launcher.deployment import Deployment
+from launcher.errors import user_error
+from launcher.query import Answer, Options, ask
+from launcher.server import Stop, TritonProcess, sigterm_as_interrupt
+from launcher.spec import Action
+
+
+def smoke(dep: Deployment) -> Answer:
+    """The spec's smoke prompt, answered greedily over gRPC (which also carries streamed answers)."""
+    options = Options(max_tokens=dep.spec.smoke.max_tokens, temperature=0.0, stream=dep.spec.backend.streaming)
+    server = dep.spec.server
+    return ask(f"{server.host}:{server.grpc_port}", "grpc", dep.spec.model.served_name, dep.spec.smoke.prompt, options,
+               timeout_s=dep.spec.server.start_timeout_s)
+
+
+def serve(dep: Deployment, process: TritonProcess) -> None:
+    """Run ``process`` for ``dep`` (ports already resolved); SIGINT/SIGTERM stop it cleanly."""
+    spec, server = dep.spec, dep.spec.server
+    stage = "starting"
+    try:
+        with sigterm_as_interrupt(), process:
+            report.print_starting(process.pid, server, dep.paths.server_log)
+            ready_s = process.wait_ready(f"{server.host}:{server.http_port}", server.start_timeout_s)
+            report.print_ready(ready_s)
+            stage = "smoke query"
+            report.print_smoke(spec.smoke.prompt, smoke(dep))
+            if spec.action != Action.serve:
+                return
+            stage = "serving"
+            report.print_serving(spec.model.served_name, server)
+            code = process.wait()
+            raise process.failure("tritonserver", f"exited by itself with status {code}",
+                                  f"read {dep.paths.server_log}")
+    except KeyboardInterrupt as err:
+        signal_name = "SIGTERM" if isinstance(err, Stop) else "SIGINT"
+        report.print_stopped(signal_name)
+        if stage != "serving":
+            raise user_error("action", f"interrupted by {signal_name} while {stage}; the server was stopped",
+                             f"run llm-launch action={spec.action.value} again") from None

@@ -1,0 +1,153 @@
+"""Serving fixtures: ``llm-launch`` as a user runs it, in a subprocess we can Ctrl-C, on free ports."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from launcher.server import port_free
+from tests.conftest import LLM_LAUNCH, REPO
+from tests.fixtures.tiny_models import write_hf
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+FREE_PORTS = ("server.http_port=0", "server.grpc_port=0", "server.metrics_port=0")
+TINY = ("model=tiny-llama", "model.max_input_len=128")
+STARTING = re.compile(r"starting tritonserver \(pid (\d+)\): http ([\d.]+):(\d+), grpc [\d.]+:(\d+), "
+                      r"metrics [\d.]+:(\d+)")
+
+
+@dataclass
+class Launch:
+    """A running ``llm-launch`` and what it printed so far."""
+
+    process: subprocess.Popen[str]
+    lines: queue.Queue[str | None] = field(default_factory=queue.Queue)
+    output: list[str] = field(default_factory=list)
+    server_pid: int | None = None
+    ports: tuple[int, int, int] = (0, 0, 0)  # http, grpc, metrics
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.ports[0]}"
+
+    @property
+    def grpc(self) -> str:
+        return f"127.0.0.1:{self.ports[1]}"
+
+    def wait_for(self, prefix: str, timeout_s: float) -> str:
+        """The first printed line starting with ``prefix``; fails with the output if the run ends first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            self.record(line)
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no line starting with {prefix!r}; output so far:\n" + "\n".join(self.output))
+
+    def finish(self, timeout_s: float = 60) -> tuple[int, str]:
+        """Exit status and the whole output once the launcher has exited."""
+        code = self.process.wait(timeout_s)
+        while (line := self.lines.get(timeout=5)) is not None:
+            self.record(line)
+        return code, "\n".join(self.output)
+
+    def record(self, line: str) -> None:
+        self.output.append(line)
+        if match := STARTING.match(line):
+            self.server_pid = int(match[1])
+            self.ports = (int(match[3]), int(match[4]), int(match[5]))
+
+    def kill(self) -> None:
+        """Last resort (a failed test): kill the launcher; the server dies with it (PDEATHSIG)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.server_pid is not None:
+            wait_gone(self.server_pid, 30)
+
+
+def launch(*overrides: str) -> Launch:
+    """Start ``llm-launch`` with ``overrides`` (stdout and stderr merged into ``Launch.lines``)."""
+    process = subprocess.Popen([*LLM_LAUNCH, *overrides], cwd=REPO, env=ENV, text=True, bufsize=1,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    run = Launch(process)
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            run.lines.put(line.rstrip("\n"))
+        run.lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return run
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not pid_alive(pid)
+
+
+def assert_stopped_cleanly(run: Launch) -> None:
+    """The server's whole process group is gone and its ports can be bound again."""
+    assert run.server_pid is not None
+    assert wait_gone(run.server_pid, 10), f"tritonserver {run.server_pid} still running"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(run.server_pid, 0)  # no Python-backend stub left either
+    for port in run.ports:
+        assert port_free("127.0.0.1", port), f"port {port} still in use"
+
+
+def interrupt(run: Launch, signum: int = signal.SIGINT) -> tuple[int, str]:
+    run.process.send_signal(signum)
+    return run.finish()
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_hf(tmp_path_factory.mktemp("tiny") / "hf")
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One export cache for every test that serves SmolLM2 (the GGUF -> HF export runs once)."""
+    return tmp_path_factory.mktemp("smollm2-cache")
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
+    """``llm-launch action=serve`` of the tiny Llama, ready and smoked; stopped at the end in any case."""
+    out = tmp_path_factory.mktemp("serve")
+    run = launch(*TINY, f"model.checkpoint={tiny_hf}", f"output_dir={out / 'dep'}", f"cache_dir={out / 'cache'}",
+                 "backend.max_queue_delay_us=200000", *FREE_PORTS, "action=serve")
+    try:
+        run.wait_for("serving '", timeout_s=180)
+        yield run
+    finally:
+        if run.process.poll() is None:
+            interrupt(run)
+        run.kill()
