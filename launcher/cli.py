@@ -24,6 +24,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     """Entry point; in a ``-m`` sweep an invalid combination is recorded, not raised."""
     from launcher.pipeline import deploy
     from launcher.report import print_outcome, print_problems
+    from launcher.server import sigterm_as_interrupt
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -31,7 +32,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         # one directory per job, so combinations that share a name never overwrite each other
         cfg.output_dir = f"{hydra_cfg.sweep.dir}/{hydra_cfg.job.num}-{cfg.name}"
     try:
-        outcome = deploy(cfg, tuple(hydra_cfg.overrides.task))
+        with sigterm_as_interrupt():
+            outcome = deploy(cfg, tuple(hydra_cfg.overrides.task))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before serving began; caches and renders clean up
+        print(f"error action: interrupted during {cfg.action.value}; nothing was left half-written "
+              f"(run it again)", file=sys.stderr)
+        sys.exit(130)
     except LauncherError as err:
         if multirun:
             return {"status": "invalid", "problem": str(err.problems[0]), "output_dir": ""}
