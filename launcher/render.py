@@ -124,7 +124,7 @@ def check_output_dir(output_dir: Path) -> None:
                          "choose an empty or new output_dir")
 
 
-def render(dep: Deployment, plan: Plan, files: dict[str, str], spec_yaml: str) -> Path:
+def render(dep: Deployment, plan: Plan, files: dict[str, str | Path], spec_yaml: str) -> Path:
     """Render into a temp dir, validate, then move it into ``output_dir`` in one rename."""
     output_dir = dep.paths.output_dir.resolve()
     check_output_dir(output_dir)
@@ -133,10 +133,15 @@ def render(dep: Deployment, plan: Plan, files: dict[str, str], spec_yaml: str) -
     try:
         env = environment()
         templates = render_repository(dep, plan, tmp / dep.paths.repository.name, env)
-        for name, text in files.items():
-            (tmp / name).write_text(text)
-            if name.endswith(".sh") or name.endswith(".sbatch"):
-                (tmp / name).chmod(0o755)
+        for name, content in files.items():
+            target = tmp / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, Path):
+                shutil.copy2(content, target)  # e.g. the Python-backend library and stub
+            else:
+                target.write_text(content)
+            if name.endswith((".sh", ".sbatch")):
+                target.chmod(0o755)
         (tmp / MARKER).write_text(spec_yaml)
         (tmp / dep.paths.lock_file.name).write_text(json.dumps(lock(dep, templates), indent=2) + "\n")
         _replace_dir(tmp, output_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from launcher import report
+from launcher.backends.base import Backend, Plan
 from launcher.deployment import Deployment
 from launcher.errors import user_error
 from launcher.query import Answer, Options, ask
@@ -10,15 +11,28 @@ from launcher.server import Stop, TritonProcess, sigterm_as_interrupt
 from launcher.spec import Action
 
 
-def smoke(dep: Deployment) -> Answer:
-    """The spec's smoke prompt, answered greedily over gRPC (which also carries streamed answers)."""
+def smoke_prompt(dep: Deployment, plan: Plan, backend: Backend) -> str:
+    """The smoke prompt as the model must receive it: backends that pass text through unchanged (vLLM,
+    TensorRT-LLM) get it formatted with the tokenizer's chat template here, as a chat client would."""
+    prompt = dep.spec.smoke.prompt
+    if not dep.spec.model.chat_template or getattr(backend, "applies_chat_template", False):
+        return prompt
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(plan.export.directory)
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def smoke(dep: Deployment, prompt: str) -> Answer:
+    """``prompt``, answered greedily over gRPC (which also carries streamed answers)."""
     options = Options(max_tokens=dep.spec.smoke.max_tokens, temperature=0.0, stream=dep.spec.backend.streaming)
     server = dep.spec.server
-    return ask(f"{server.host}:{server.grpc_port}", "grpc", dep.spec.model.served_name, dep.spec.smoke.prompt, options,
+    return ask(f"{server.host}:{server.grpc_port}", "grpc", dep.spec.model.served_name, prompt, options,
                timeout_s=dep.spec.server.start_timeout_s)
 
 
-def serve(dep: Deployment, process: TritonProcess) -> None:
+def serve(dep: Deployment, process: TritonProcess, prompt: str) -> None:
     """Run ``process`` for ``dep`` (ports already resolved); SIGINT/SIGTERM stop it cleanly."""
     spec, server = dep.spec, dep.spec.server
     stage = "starting"
@@ -28,7 +42,7 @@ def serve(dep: Deployment, process: TritonProcess) -> None:
             ready_s = process.wait_ready(f"{server.host}:{server.http_port}", server.start_timeout_s)
             report.print_ready(ready_s)
             stage = "smoke query"
-            report.print_smoke(spec.smoke.prompt, smoke(dep))
+            report.print_smoke(spec.smoke.prompt, smoke(dep, prompt))
             if spec.action != Action.serve:
                 return
             stage = "serving"

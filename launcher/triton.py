@@ -19,11 +19,12 @@ class TritonInstall:
     root: Path | None  # .../pytriton/tritonserver when it comes from the wheel
     libs: Path | None  # .../nvidia_pytriton.libs (shared libraries the wheel vendors)
 
-    def environment(self) -> dict[str, str]:
-        """Variables the server (and its Python-backend stub) need: the venv first on PATH, libs."""
+    def environment(self, python: Path | None = None) -> dict[str, str]:
+        """Variables the server and its Python-backend stub need: the serving Python first on PATH
+        (the stub takes its ``sys.path`` from it), the wheel's libraries and libpython's directory."""
         paths = [str(p) for p in (self.libs, sysconfig.get_config_var("LIBDIR")) if p]
         return {
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+            "PATH": os.pathsep.join([str((python or Path(sys.executable)).parent), os.environ.get("PATH", "")]),
             "LD_LIBRARY_PATH": os.pathsep.join([*paths, os.environ.get("LD_LIBRARY_PATH", "")]).rstrip(":"),
         }
 
@@ -50,18 +51,23 @@ def require_triton(install: TritonInstall) -> TritonInstall:
     return install
 
 
-def assemble_backends(root: Path, directory: Path) -> None:
-    """Fill ``directory/python`` from the wheel's ``root``: Python backend, utils, this Python's stub."""
+def backend_files(root: Path) -> dict[str, Path]:
+    """``python/<file>`` -> source in the wheel's ``root``: the Python backend, its utils, this Python's stub."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         raise user_error("target.tritonserver", f"the nvidia-pytriton wheel has no Python-backend stub for "
                          f"Python {version}", "serve from a Python the wheel supports (3.8-3.13)")
-    python = directory / "python"
-    python.mkdir(parents=True, exist_ok=True)
     library = root / "backends" / "python"
-    for source in (library / "libtriton_python.so", library / "triton_python_backend_utils.py", stub):
-        shutil.copy2(source, python / source.name)
+    sources = (library / "libtriton_python.so", library / "triton_python_backend_utils.py", stub)
+    return {f"python/{source.name}": source for source in sources}
+
+
+def assemble_backends(root: Path, directory: Path) -> None:
+    """Copy :func:`backend_files` into ``directory`` (the ``--backend-directory`` of the server)."""
+    for relative, source in backend_files(root).items():
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, directory / relative)
 
 
 def require_numpy_below_2() -> None:
@@ -74,4 +80,6 @@ def require_numpy_below_2() -> None:
         return
     if int(version.split(".")[0]) >= 2:
         raise user_error("numpy", f"the serving Python ({sys.executable}) has numpy {version}; Triton 2.51's "
-                         "Python-backend stub needs numpy < 2", "pip install 'numpy<2' into this environment")
+                         "Python-backend stub needs numpy < 2",
+                         "pip install 'numpy<2' into this environment, or let the launcher build a serving "
+                         "environment with target.prepare_serving_env=true (and target.wheel_dir offline)")

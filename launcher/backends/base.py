@@ -50,6 +50,9 @@ class Plan:
     export: Export
     steps: list[Step]
     models: list[TritonModel]
+    # server processes a cluster target starts, one per GPU rank, each running ``server_args`` (1: one
+    # process, or a command such as ``mpirun`` that starts its own ranks); the Slurm target's ``srun --ntasks``
+    ranks: int = 1
 
 
 class Backend(Protocol):
@@ -70,6 +73,14 @@ class Backend(Protocol):
 
     def server_args(self, dep: Deployment, tritonserver: str, repository: str) -> list[str]:
         """The command that starts the server(s) for this backend."""
+        ...
+
+    def backend_files(self, dep: Deployment) -> dict[str, Path]:
+        """Triton backends this backend brings for the local server: ``<backend dir>/<file>`` -> source.
+
+        The local target copies them into ``<output_dir>/backends/`` beside the ``python`` backend it
+        assembles (a directory holding only ``model.py`` is a Python-based backend); ``{}`` for none.
+        """
         ...
 
 
@@ -98,10 +109,11 @@ def hf_export(dep: Deployment) -> Export:
 
 def export_step(dep: Deployment, export: Export, converter: str) -> Step:
     """The plan step that fills ``export`` (or notes it is used in place / already cached)."""
-    if export.key is None:
-        return Step("export", f"use the {dep.checkpoint_format} checkpoint in place: {export.directory}", done=True)
-    cached = export.directory.is_dir()
     where = "here" if dep.checkpoint is not None else "target host"
+    if export.key is None:
+        return Step("export", f"use the {dep.checkpoint_format} checkpoint in place: {export.directory}",
+                    where=where, done=True)
+    cached = export.directory.is_dir()
     return Step(
         "export",
         f"{converter} ({export.dtype}) -> {export.directory}" + (" [cached]" if cached else ""),

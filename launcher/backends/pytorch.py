@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from launcher.backends.base import Plan, TritonModel, export_hf, export_step, hf_export, tritonserver_args
 from launcher.deployment import Deployment
@@ -20,6 +21,7 @@ class PytorchBackendSpec(BackendSpec):
 class PytorchBackend:
     name = "pytorch"
     spec_class = PytorchBackendSpec
+    applies_chat_template = True  # model.py formats prompts itself (model.chat_template)
 
     def problems(self, dep: Deployment) -> list[Problem]:
         backend = dep.spec.backend
@@ -57,6 +59,9 @@ class PytorchBackend:
 
     def server_args(self, dep: Deployment, tritonserver: str, repository: str) -> list[str]:
         return tritonserver_args(dep, tritonserver, repository)
+
+    def backend_files(self, dep: Deployment) -> dict[str, Path]:
+        return {}  # the model brings its own model.py; Triton's python backend runs it
 
 
 BACKEND = PytorchBackend()

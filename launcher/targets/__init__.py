@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from launcher.spec import TargetSpec
@@ -17,8 +18,8 @@ class Target(Protocol):
     name: str
     spec_class: type[TargetSpec]
 
-    def launch_files(self, dep: Deployment, plan: Plan, backend: Backend) -> dict[str, str]:
-        """File name -> content of the launch files written next to the model repository."""
+    def launch_files(self, dep: Deployment, plan: Plan, backend: Backend) -> dict[str, str | Path]:
+        """Relative path -> text (or a file to copy) written next to the model repository."""
         ...
 
     def launch_step(self, dep: Deployment, plan: Plan, backend: Backend) -> Step:

