@@ -64,15 +64,18 @@ def _build_overlay(env: Path, wheel_dir: str | None) -> None:
                          "or pip install 'numpy<2' into this environment")
 
 
-def serving_python(cache_dir: Path, wheel_dir: str | None) -> Path:
-    """This Python when its numpy < 2; else the overlay environment's Python (built once, atomically)."""
+def serving_python(cache_dir: Path, wheel_dir: str | None, build: bool = True) -> Path:
+    """This Python when its numpy < 2; else the overlay environment's Python, built once (atomically)
+    unless ``build`` is false (rendering only names it; serving builds it)."""
     if (numpy_major() or 0) < 2:
         return Path(sys.executable)
     base = sysconfig.get_paths()["purelib"]
     key = hashlib.sha256(f"{sys.executable}|{base}|{metadata.version('numpy')}".encode()).hexdigest()[:12]
     env = cache_dir / f"serving-env-py{sys.version_info.major}{sys.version_info.minor}-{key}"
-    cache.fill(env, lambda tmp: _build_overlay(tmp, wheel_dir))
     python = env / "bin" / "python"
+    if not build:
+        return python
+    cache.fill(env, lambda tmp: _build_overlay(tmp, wheel_dir))
     if (numpy_major(str(python)) or 0) >= 2:
         raise user_error("numpy", f"the serving environment {env} still has numpy >= 2",
                          f"remove {env} and run again")

@@ -21,15 +21,16 @@ class LocalTargetSpec(TargetSpec):
     wheel_dir: str | None = None
 
 
-def serving_environment(dep: Deployment) -> dict[str, str]:
-    """The server's environment, with the Python that runs model.py (numpy < 2) first on PATH."""
+def serving_environment(dep: Deployment, build: bool = True) -> dict[str, str]:
+    """The server's environment, with the Python that runs model.py (numpy < 2) first on PATH;
+    ``build=False`` (render) only names an overlay environment that serving will build."""
     from launcher.serving_env import serving_python
     from launcher.triton import find_triton, require_numpy_below_2
 
     target = dep.spec.target
-    if not getattr(target, "prepare_serving_env", False):
+    if build and not getattr(target, "prepare_serving_env", False):
         require_numpy_below_2()
-    python = serving_python(dep.cache_root, getattr(target, "wheel_dir", None))
+    python = serving_python(dep.cache_root, getattr(target, "wheel_dir", None), build)
     return find_triton(target.tritonserver).environment(python)
 
 
@@ -65,7 +66,8 @@ class LocalTarget:
         from launcher.render import environment
 
         text = environment().get_template("targets/local/launch.sh.j2").render(
-            spec=dep.spec, command=shlex.join(server_command(dep, backend)), env=serving_environment(dep))
+            spec=dep.spec, command=shlex.join(server_command(dep, backend)),
+            env=serving_environment(dep, build=False))
         return {"launch.sh": text, **local_backend_files(dep, backend)}
 
     def launch_step(self, dep: Deployment, plan: Plan, backend: Backend) -> Step:

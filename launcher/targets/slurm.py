@@ -123,7 +123,7 @@ def job_script(dep: Deployment, plan: Plan, backend: Backend) -> str:
     from launcher.targets.local import serving_environment
 
     spec = dep.spec
-    env = {} if spec.target.container_image else serving_environment(dep)
+    env = {} if spec.target.container_image else serving_environment(dep, build=False)
     return environment().get_template("targets/slurm/job.sbatch.j2").render(
         spec=spec, directives=directives(dep), sbatch_args=spec.target.sbatch_args, env=env,
         ports=" ".join(str(getattr(spec.server, key)) for key in PORT_KEYS), pick_ports=PICK_PORTS,
@@ -243,9 +243,11 @@ class SlurmTarget:
         spec = dep.spec
         require_slurm()
         if not spec.target.container_image:
+            from launcher.targets.local import serving_environment
             from launcher.triton import find_triton, require_triton
 
             require_triton(find_triton(spec.target.tritonserver))
+            serving_environment(dep)  # builds the numpy<2 overlay the job script names, where one is needed
         started = time.monotonic()
         job = submit(dep)
         report.say(f"submitted Slurm job {job.id}; log {job.log}")

@@ -103,7 +103,7 @@ class Collector(BaseStreamer):
         if not self.prompt_seen:  # generate first hands over the prompt
             self.prompt_seen = True
             return
-        for job, token in zip(self.jobs, value.reshape(-1).tolist()):  # padding rows come last
+        for job, token in zip(self.jobs, value.reshape(-1).tolist(), strict=False):  # padding rows come last
             if job.done:
                 continue
             if token in self.model.eos_ids and not job.sampling.ignore_eos:
@@ -266,17 +266,34 @@ class TritonPythonModel:
         for row, job in enumerate(jobs):
             input_ids[row, width - len(job.input_ids):] = torch.tensor(job.input_ids)
             attention_mask[row, width - len(job.input_ids):] = 1
-        limits = torch.tensor([job.max_tokens for job in jobs] + [1] * (rows - len(jobs)), device=self.device)
+        limits = [job.max_tokens for job in jobs] + [1] * (rows - len(jobs))
         sampling = jobs[0].sampling
-        config = GenerationConfig(max_new_tokens=int(limits.max()), pad_token_id=self.pad_id,
+        config = GenerationConfig(max_new_tokens=max(limits), pad_token_id=self.pad_id,
                                   eos_token_id=None if sampling.ignore_eos else sorted(self.eos_ids),
                                   **sampling.generation_kwargs())
+        # Per-step hooks cost time on every decode step: a streamer only when a request streams,
+        # per-row limits only when the rows' max_tokens differ.
+        streaming = any(job.stream for job in jobs)
+        hooks = {"streamer": Collector(self, jobs)} if streaming else {}
+        if len(set(limits[:len(jobs)])) > 1:
+            hooks["stopping_criteria"] = StoppingCriteriaList(
+                [RowLimits(width, torch.tensor(limits, device=self.device))])
         with torch.inference_mode():  # the caches' tensors are created (and reset) in inference mode
-            cache = {"past_key_values": self.static_cache(rows)} if self.static_caches is not None else {}
-            self.model.generate(input_ids=input_ids.to(self.device),
-                                attention_mask=attention_mask.to(self.device), generation_config=config,
-                                streamer=Collector(self, jobs), **cache,
-                                stopping_criteria=StoppingCriteriaList([RowLimits(width, limits)]))
+            if self.static_caches is not None:
+                hooks["past_key_values"] = self.static_cache(rows)
+            output = self.model.generate(input_ids=input_ids.to(self.device),
+                                         attention_mask=attention_mask.to(self.device), generation_config=config,
+                                         **hooks)
+        if not streaming:
+            for job, row in zip(jobs, output[:, width:].tolist(), strict=False):  # padding rows come last
+                self.take(job, row)
+
+    def take(self, job: Job, row: list) -> None:
+        """A finished row's tokens: up to the request's max_tokens, cut before the end-of-sequence token."""
+        row = row[:job.max_tokens]
+        if not job.sampling.ignore_eos:
+            row = next((row[:i] for i, token in enumerate(row) if token in self.eos_ids), row)
+        job.tokens = row
 
     def full_text(self, job: Job) -> str:
         text = self.tokenizer.decode(job.tokens, skip_special_tokens=True)
