@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from launcher.backends.base import Backend
 from launcher.errors import user_error
+from launcher.plugins import discover
 
-
-def _discover() -> dict[str, Backend]:
-    found: dict[str, Backend] = {}
-    for module in pkgutil.iter_modules(__path__):
-        backend = getattr(importlib.import_module(f"{__name__}.{module.name}"), "BACKEND", None)
-        if backend is not None:
-            found[backend.name] = backend
-    return found
-
-
-BACKENDS = _discover()
+BACKENDS: dict[str, Backend] = discover(__path__, __name__, "BACKEND")
 
 
 def get_backend(name: str) -> Backend:

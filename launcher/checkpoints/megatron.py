@@ -184,3 +184,24 @@ def check_llama_family(where: str, *, normalization: str, position_embedding: st
         if value:
             raise user_error(f"{where}: {key}", f"'{value}' is not a Llama-family model",
                              "only SwiGLU + RMSNorm + RoPE decoders without biases (Llama, Mistral) are supported")
+
+
+def model_arch(config: dict, *, architecture: str, vocab_size: int, max_positions: int, dtype: str) -> ModelArch:
+    """The architecture from the Megatron keys NeMo 1.0 and 2.0 configs share; callers give the rest."""
+    heads = config["num_attention_heads"]
+    return ModelArch(
+        architecture=architecture,
+        num_layers=config["num_layers"],
+        hidden_size=config["hidden_size"],
+        intermediate_size=config["ffn_hidden_size"],
+        num_attention_heads=heads,
+        num_kv_heads=config.get("num_query_groups") or heads,
+        head_dim=config.get("kv_channels") or config["hidden_size"] // heads,
+        vocab_size=vocab_size,
+        max_position_embeddings=max_positions,
+        rope_theta=float(config.get("rotary_base", 10000.0)),
+        rms_norm_eps=float(config.get("layernorm_epsilon", 1e-5)),
+        tie_word_embeddings=bool(config.get("share_embeddings_and_output_weights", False)),
+        rope_scaling=rope_scaling(config),
+        dtype=dtype,
+    )

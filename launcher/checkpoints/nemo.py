@@ -80,21 +80,9 @@ def arch_from_config(config: dict[str, Any], vocab_size: int, where: str) -> Mod
         if int(config.get(key) or 1) != 1:
             raise user_error(f"{where}: {key}", "sharded (TP/PP > 1) .nemo files are not supported yet",
                              "re-save the model with TP=PP=1")
-    heads = config["num_attention_heads"]
-    return ModelArch(
-        architecture="LlamaForCausalLM",
-        num_layers=config["num_layers"],
-        hidden_size=config["hidden_size"],
-        intermediate_size=config["ffn_hidden_size"],
-        num_attention_heads=heads,
-        num_kv_heads=config.get("num_query_groups") or heads,
-        head_dim=config.get("kv_channels") or config["hidden_size"] // heads,
-        vocab_size=vocab_size,
-        max_position_embeddings=config.get("max_position_embeddings") or config.get("encoder_seq_length", 4096),
-        rope_theta=float(config.get("rotary_base", 10000.0)),
-        rms_norm_eps=float(config.get("layernorm_epsilon", 1e-5)),
-        tie_word_embeddings=bool(config.get("share_embeddings_and_output_weights", False)),
-        rope_scaling=megatron.rope_scaling(config),
+    return megatron.model_arch(
+        config, architecture="LlamaForCausalLM", vocab_size=vocab_size,
+        max_positions=config.get("max_position_embeddings") or config.get("encoder_seq_length", 4096),
         dtype=_DTYPES.get(str(config.get("precision", 32)), "float32"),
     )
 

@@ -44,22 +44,9 @@ def arch_from_model_yaml(model: dict[str, Any], where: str) -> ModelArch:
         swiglu=bool(c.get("gated_linear_unit")) and "silu" in str(c.get("activation_func")),
         bias=bool(c.get("add_bias_linear") or c.get("add_qkv_bias")),
     )
-    heads = c["num_attention_heads"]
     params_dtype = (c.get("params_dtype") or {}).get("_target_")
-    return ModelArch(
-        architecture=architecture,
-        num_layers=c["num_layers"],
-        hidden_size=c["hidden_size"],
-        intermediate_size=c["ffn_hidden_size"],
-        num_attention_heads=heads,
-        num_kv_heads=c.get("num_query_groups") or heads,
-        head_dim=c.get("kv_channels") or c["hidden_size"] // heads,
-        vocab_size=c["vocab_size"],
-        max_position_embeddings=c.get("seq_length", 4096),
-        rope_theta=float(c.get("rotary_base", 10000.0)),
-        rms_norm_eps=float(c.get("layernorm_epsilon", 1e-5)),
-        tie_word_embeddings=bool(c.get("share_embeddings_and_output_weights", False)),
-        rope_scaling=megatron.rope_scaling(c),
+    return megatron.model_arch(
+        c, architecture=architecture, vocab_size=c["vocab_size"], max_positions=c.get("seq_length", 4096),
         dtype=_DTYPES.get(params_dtype, "bfloat16" if c.get("bf16") else "float32"),
     )
 

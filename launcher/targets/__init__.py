@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from launcher.plugins import discover
 from launcher.spec import TargetSpec
 
 if TYPE_CHECKING:
@@ -31,14 +30,5 @@ class Target(Protocol):
         ...
 
 
-def _discover() -> dict[str, Target]:
-    found: dict[str, Target] = {}
-    for module in pkgutil.iter_modules(__path__):
-        target = getattr(importlib.import_module(f"{__name__}.{module.name}"), "TARGET", None)
-        if target is not None:
-            found[target.name] = target
-    return found
-
-
-TARGETS = _discover()
+TARGETS: dict[str, Target] = discover(__path__, __name__, "TARGET")
 TARGET_SPECS = {name: target.spec_class for name, target in TARGETS.items()}
