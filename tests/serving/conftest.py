@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -138,12 +139,11 @@ def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("smollm2-cache")
 
 
-@pytest.fixture(scope="module")
-def tiny_server(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
+@contextlib.contextmanager
+def serving_tiny(tiny_hf: Path, out: Path, *overrides: str) -> Iterator[Launch]:
     """``llm-launch action=serve`` of the tiny Llama, ready and smoked; stopped at the end in any case."""
-    out = tmp_path_factory.mktemp("serve")
     run = launch(*TINY, f"model.checkpoint={tiny_hf}", f"output_dir={out / 'dep'}", f"cache_dir={out / 'cache'}",
-                 "backend.max_queue_delay_us=200000", *FREE_PORTS, "action=serve")
+                 *overrides, *FREE_PORTS, "action=serve")
     try:
         run.wait_for("serving '", timeout_s=180)
         yield run
@@ -151,3 +151,9 @@ def tiny_server(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         if run.process.poll() is None:
             interrupt(run)
         run.kill()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
+    with serving_tiny(tiny_hf, tmp_path_factory.mktemp("serve"), "backend.max_queue_delay_us=200000") as run:
+        yield run

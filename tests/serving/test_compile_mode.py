@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from tests.serving.conftest import FREE_PORTS, TINY, Launch, assert_stopped_cleanly, interrupt, launch
+from tests.serving.conftest import Launch, assert_stopped_cleanly, interrupt, serving_tiny
 
 pytestmark = pytest.mark.integration
 PROMPTS = ["What is the capital of France?", "Tell me about Berlin", "Rome is"]
@@ -23,17 +23,9 @@ PROMPTS = ["What is the capital of France?", "Tell me about Berlin", "Rome is"]
 
 @pytest.fixture(scope="module")
 def compiled_server(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
-    out = tmp_path_factory.mktemp("compile")
-    run = launch(*TINY, f"model.checkpoint={tiny_hf}", f"output_dir={out / 'dep'}", f"cache_dir={out / 'cache'}",
-                 "backend.compile=true", "backend.max_batch_size=4", "backend.max_queue_delay_us=300000",
-                 *FREE_PORTS, "action=serve")
-    try:
-        run.wait_for("serving '", timeout_s=180)
+    with serving_tiny(tiny_hf, tmp_path_factory.mktemp("compile"), "backend.compile=true",
+                      "backend.max_batch_size=4", "backend.max_queue_delay_us=300000") as run:
         yield run
-    finally:
-        if run.process.poll() is None:
-            interrupt(run)
-        run.kill()
 
 
 def generate(url: str, prompt: str, max_tokens: int) -> tuple[str, int]:
