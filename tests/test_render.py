@@ -160,3 +160,18 @@ def test_every_checked_in_spec_renders(run_deploy) -> None:
         name = spec.relative_to(REPO / "conf" / "deploy").with_suffix("").as_posix()
         outcome = run_deploy(f"+deploy={name}", "action=render")
         assert Path(outcome.output_dir, "spec.yaml").is_file(), name
+
+
+@pytest.mark.parametrize("value", [HOSTILE, "two\nlines", "tab\tand 'single' quotes", "$HOME ${x} `id` {{ y }}"])
+def test_shell_filter_round_trips_through_bash(value: str) -> None:
+    from launcher.render import environment
+
+    script = environment().from_string("printf %s {{ value | sh }}").render(value=value)
+    assert subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout == value
+
+
+@pytest.mark.parametrize("value", [HOSTILE, "two\nlines", "key: value # not a comment", "- [list]"])
+def test_yaml_filter_round_trips(value: str) -> None:
+    from launcher.render import to_yaml
+
+    assert yaml.safe_load(to_yaml({"model": value})) == {"model": value}
