@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from launcher import validate
@@ -13,7 +13,7 @@ from launcher.backends import get_backend
 from launcher.backends.base import Step
 from launcher.deployment import Deployment, resolve
 from launcher.errors import LauncherError, user_error
-from launcher.spec import Action, DeploySpec, to_spec
+from launcher.spec import Action, DeploySpec, to_spec, to_yaml
 from launcher.targets import TARGETS
 
 REPLAY_HEADER = """\
@@ -54,9 +54,9 @@ def typed_spec(cfg: DictConfig) -> DeploySpec:
 
 
 def spec_yaml(spec: DeploySpec) -> str:
-    body = OmegaConf.to_yaml(OmegaConf.structured(spec), resolve=True)
+    """``spec.yaml``: the resolved spec behind the defaults header that lets Hydra replay it."""
     header = REPLAY_HEADER.format(output_dir=spec.output_dir, backend=spec.backend.name, target=spec.target.name)
-    return header + body
+    return header + to_yaml(spec)
 
 
 def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from launcher.errors import LauncherError
-from launcher.pipeline import Outcome, spec_yaml
-from launcher.spec import Action, ServerSpec
+from launcher.pipeline import Outcome
+from launcher.spec import Action, ServerSpec, to_yaml
 
 if TYPE_CHECKING:
     from launcher.query import Answer
@@ -26,8 +26,7 @@ def print_problems(err: LauncherError) -> None:
 
 
 def print_plan(outcome: Outcome) -> None:
-    body = spec_yaml(outcome.spec).split("_self_\n", 1)[-1].split("chdir: false\n", 1)[-1]
-    console.print(body, markup=False, emoji=False, style="dim")
+    console.print(to_yaml(outcome.spec), markup=False, emoji=False, style="dim")
     console.print(f"[bold]Plan for {outcome.spec.name}[/] ({len(outcome.steps)} steps)")
     for number, step in enumerate(outcome.steps, 1):
         state = " [green](done)[/]" if step.done else ""
