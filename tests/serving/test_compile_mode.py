@@ -61,6 +61,21 @@ def test_padded_batches_answer_as_single_requests(compiled_server: Launch) -> No
     assert together == alone
 
 
+def test_greedy_answer_equals_transformers_generate(compiled_server: Launch, tiny_hf: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_hf)
+    model = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32).eval()
+    for prompt in PROMPTS:
+        ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+        with torch.inference_mode():
+            reference = model.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=None,
+                                       pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
+        expected = tokenizer.decode(reference, skip_special_tokens=True)
+        assert generate(compiled_server.grpc, prompt, 10) == (expected, 10)
+
+
 def test_stops_cleanly(compiled_server: Launch) -> None:
     code, output = interrupt(compiled_server)
     assert code == 0, output

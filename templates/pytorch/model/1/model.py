@@ -5,9 +5,10 @@ its ``config.pbtxt`` (model_dir, dtype, device, chat_template, max_input_len, ma
 compile). Inputs follow Triton's vLLM backend (``text_input``, ``stream``, ``sampling_parameters``
 as JSON, ``exclude_input_in_output``, ``return_num_output_tokens``) plus plain optional
 ``max_tokens``, ``temperature``, ``top_p`` and ``top_k``, which win over the JSON. The requests of
-one dynamic batch are grouped by sampling settings and each group is one left-padded ``generate``
-call. In decoupled mode (``backend.streaming``) a ``stream`` request gets one response per decoded
-piece of text and the last one carries the final flag.
+one dynamic batch are grouped by sampling settings and each group is decoded together, left-padded:
+by ``generate``, or with ``compile`` by a static-cache loop whose step is compiled with CUDA graphs.
+In decoupled mode (``backend.streaming``) a ``stream`` request gets one response per decoded piece of
+text and the last one carries the final flag.
 """
 
 import locale
@@ -30,9 +31,26 @@ from transformers import (  # noqa: E402
 )
 from transformers.generation.streamers import BaseStreamer  # noqa: E402
 
+CHECK_EVERY = 16  # compile mode: decode steps between checks whether every row has finished (a GPU sync)
 DEFAULT_MAX_TOKENS = 16  # as Triton's vLLM backend (vLLM's SamplingParams)
 SAMPLING_KEYS = {"max_tokens": int, "temperature": float, "top_p": float, "top_k": int, "ignore_eos": bool}
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def pick(logits: torch.Tensor, sampling: "Sampling") -> torch.Tensor:
+    """The next token of every row: greedy, or sampled with temperature, top-k and top-p."""
+    if sampling.temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / sampling.temperature
+    if sampling.top_k > 0:
+        kth = torch.topk(logits, min(sampling.top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p < 1:
+        ordered, order = logits.sort(-1, descending=True)
+        probs = ordered.softmax(-1)
+        ordered = ordered.masked_fill(probs.cumsum(-1) - probs > sampling.top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, ordered)
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
 
 
 class RequestError(ValueError):
@@ -145,9 +163,12 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{params['model_dir']}: the tokenizer has no chat template; set model.chat_template=false")
         self.max_batch_size = max(int(config.get("max_batch_size", 1)), 1)
-        # backend.compile: static KV caches of fixed shapes, so transformers compiles the decode step
-        # (torch.compile + CUDA graphs) once per batch bucket; requests are padded up to the bucket.
+        # backend.compile: requests are padded up to a batch bucket with a static KV cache of fixed shape
+        # each, and decoded by static_decode, whose step is compiled (CUDA graphs) once per bucket.
         self.static_caches = {} if params["compile"] == "true" else None
+        self.decode_step = self.forward_step
+        if self.static_caches is not None and self.device.type == "cuda":
+            self.decode_step = torch.compile(self.forward_step, mode="reduce-overhead", fullgraph=True)
         for rows in self.warmup_buckets():
             self.generate([self.parse_text("Hello", 2, Sampling(temperature=0))] * rows)
 
@@ -257,7 +278,7 @@ class TritonPythonModel:
         return cache
 
     def generate(self, jobs: list) -> None:
-        """One left-padded ``generate`` call for requests that share sampling settings."""
+        """One left-padded batch for requests that share sampling settings."""
         width = max(len(job.input_ids) for job in jobs)
         rows = self.bucket(len(jobs)) if self.static_caches is not None else len(jobs)
         input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
@@ -267,26 +288,74 @@ class TritonPythonModel:
             input_ids[row, width - len(job.input_ids):] = torch.tensor(job.input_ids)
             attention_mask[row, width - len(job.input_ids):] = 1
         limits = [job.max_tokens for job in jobs] + [1] * (rows - len(jobs))
+        streaming = any(job.stream for job in jobs)
+        with torch.inference_mode():  # the caches' tensors are created (and reset) in inference mode
+            decode = self.hf_generate if self.static_caches is None else self.static_decode
+            output = decode(jobs, input_ids.to(self.device), attention_mask.to(self.device), limits, streaming)
+        if not streaming:
+            for job, row in zip(jobs, output.tolist(), strict=False):  # padding rows come last
+                self.take(job, row)
+
+    def hf_generate(self, jobs: list, input_ids, attention_mask, limits: list, streaming: bool):
+        """transformers' ``generate``; returns the new tokens of every row."""
         sampling = jobs[0].sampling
         config = GenerationConfig(max_new_tokens=max(limits), pad_token_id=self.pad_id,
                                   eos_token_id=None if sampling.ignore_eos else sorted(self.eos_ids),
                                   **sampling.generation_kwargs())
         # Per-step hooks cost time on every decode step: a streamer only when a request streams,
         # per-row limits only when the rows' max_tokens differ.
-        streaming = any(job.stream for job in jobs)
         hooks = {"streamer": Collector(self, jobs)} if streaming else {}
+        width = input_ids.shape[1]
         if len(set(limits[:len(jobs)])) > 1:
             hooks["stopping_criteria"] = StoppingCriteriaList(
                 [RowLimits(width, torch.tensor(limits, device=self.device))])
-        with torch.inference_mode():  # the caches' tensors are created (and reset) in inference mode
-            if self.static_caches is not None:
-                hooks["past_key_values"] = self.static_cache(rows)
-            output = self.model.generate(input_ids=input_ids.to(self.device),
-                                         attention_mask=attention_mask.to(self.device), generation_config=config,
-                                         **hooks)
-        if not streaming:
-            for job, row in zip(jobs, output[:, width:].tolist(), strict=False):  # padding rows come last
-                self.take(job, row)
+        output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                     **hooks)
+        return output[:, width:]
+
+    def static_decode(self, jobs: list, input_ids, attention_mask, limits: list, streaming: bool):
+        """Compile mode: prefill, then one compiled forward per step over a static KV cache.
+
+        Leaner than ``generate`` (whose per-step Python dominates once CUDA graphs make the model fast):
+        tokens stay on the GPU, and the loop checks for the end of every row only every CHECK_EVERY steps.
+        """
+        rows, width = input_ids.shape
+        cache = self.static_cache(rows)
+        mask = torch.zeros((rows, self.max_input_len + self.max_output_len), dtype=torch.long, device=self.device)
+        mask[:, :width] = attention_mask
+        positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                            past_key_values=cache, cache_position=torch.arange(width, device=self.device),
+                            use_cache=True).logits[:, -1]
+        sampling, steps = jobs[0].sampling, max(limits)
+        eos = torch.tensor(sorted(self.eos_ids), device=self.device)
+        limit = torch.tensor(limits, device=self.device)
+        finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
+        output = torch.full((rows, steps), self.pad_id, dtype=torch.long, device=self.device)
+        position, cache_position = positions[:, -1:].clone(), torch.full((1,), width, device=self.device)
+        collector = Collector(self, jobs) if streaming else None
+        if collector is not None:
+            collector.prompt_seen = True
+        for step in range(steps):
+            token = pick(logits, sampling)
+            output[:, step] = token
+            if collector is not None:
+                collector.put(token)
+            if not sampling.ignore_eos:
+                finished |= torch.isin(token, eos)
+            if step + 1 == steps or (step % CHECK_EVERY == CHECK_EVERY - 1
+                                     and bool((finished | (limit <= step + 1)).all())):
+                break
+            mask[:, width + step] = 1
+            position += 1
+            logits = self.decode_step(token[:, None], mask, position, cache_position, cache)
+            cache_position += 1
+        return output
+
+    def forward_step(self, token, mask, position, cache_position, cache):
+        """One decode step (compiled with CUDA graphs on GPUs in compile mode)."""
+        return self.model(input_ids=token, attention_mask=mask, position_ids=position, past_key_values=cache,
+                          cache_position=cache_position, use_cache=True).logits[:, -1]
 
     def take(self, job: Job, row: list) -> None:
         """A finished row's tokens: up to the request's max_tokens, cut before the end-of-sequence token."""
