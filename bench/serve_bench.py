@@ -32,7 +32,7 @@ from launcher.query import Options, ask
 from launcher.server import TritonProcess, resolve_ports
 from launcher.spec import to_spec
 from launcher.targets.local import server_command
-from launcher.triton import assemble_backends, find_triton
+from launcher.triton import find_triton
 
 NEW_TOKENS = 64
 PROMPTS = [
@@ -115,8 +115,7 @@ def main(rounds: int = 2, *overrides: str) -> None:
                                                              metrics_port=0))))
     backend, triton = get_backend(spec.backend.name), find_triton(spec.target.tritonserver)
     backend.export(dep, backend.plan(dep))  # action=render plans the export but does not run it
-    assert triton.root is not None, "the bench runs the nvidia-pytriton wheel's tritonserver"
-    assemble_backends(triton.root, dep.paths.backends)
+    assert triton.root is not None, "the bench runs the nvidia-pytriton wheel's tritonserver (render wrote backends/)"
     grpc, http = f"127.0.0.1:{dep.spec.server.grpc_port}", f"127.0.0.1:{dep.spec.server.http_port}"
     dtype = serving_dtype(dep)
     print(f"model {spec.model.name}, {outcome.export_dir}, {dtype}, {NEW_TOKENS} new tokens, "

@@ -63,13 +63,6 @@ def backend_files(root: Path) -> dict[str, Path]:
     return {f"python/{source.name}": source for source in sources}
 
 
-def assemble_backends(root: Path, directory: Path) -> None:
-    """Copy :func:`backend_files` into ``directory`` (the ``--backend-directory`` of the server)."""
-    for relative, source in backend_files(root).items():
-        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, directory / relative)
-
-
 def require_numpy_below_2() -> None:
     """The Triton 2.51 stub garbles every input tensor under numpy 2 (DESIGN.md section 6)."""
     from importlib import metadata

@@ -78,8 +78,8 @@ class Backend(Protocol):
     def backend_files(self, dep: Deployment) -> dict[str, Path]:
         """Triton backends this backend brings for the local server: ``<backend dir>/<file>`` -> source.
 
-        The local target copies them into ``<output_dir>/backends/`` beside the ``python`` backend it
-        assembles (a directory holding only ``model.py`` is a Python-based backend); ``{}`` for none.
+        The local target renders them into ``<output_dir>/backends/`` beside the wheel's ``python``
+        backend (a directory holding only ``model.py`` is a Python-based backend); ``{}`` for none.
         """
         ...
 

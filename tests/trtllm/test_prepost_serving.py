@@ -16,7 +16,7 @@ import tritonclient.http as httpclient
 from transformers import AutoTokenizer
 
 from launcher.server import TritonProcess, free_ports
-from launcher.triton import assemble_backends, find_triton, require_triton
+from launcher.triton import find_triton, require_triton
 from tests.fixtures.tiny_models import write_hf
 
 pytestmark = pytest.mark.integration
@@ -37,10 +37,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     out = Path(deploy(compose_spec([*spec, "action=render"])).output_dir)
     triton = require_triton(find_triton())
     assert triton.root is not None, "the nvidia-pytriton wheel's tritonserver is needed"
-    assemble_backends(triton.root, root / "backends")
     http, grpc, metrics = free_ports("127.0.0.1", 3)
     command = [str(triton.binary), f"--model-repository={out / 'model_repository'}",
-               f"--backend-directory={root / 'backends'}", "--model-control-mode=explicit",
+               f"--backend-directory={out / 'backends'}", "--model-control-mode=explicit",
                "--load-model=preprocessing", "--load-model=postprocessing", "--http-address=127.0.0.1",
                f"--http-port={http}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
                "--metrics-address=127.0.0.1", f"--metrics-port={metrics}", "--allow-gpu-metrics=false",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,11 +11,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.backends.vllm import BACKEND
 from launcher.deployment import Deployment, resolve
 from launcher.pipeline import deploy, typed_spec
 from launcher.server import TritonProcess, free_ports
-from launcher.triton import assemble_backends, find_triton
+from launcher.triton import find_triton
 from tests.conftest import compose_spec
 
 HERE = Path(__file__).resolve().parent
@@ -38,17 +36,6 @@ def engine_args(output_dir: Path, model: str) -> dict:
     return json.loads((output_dir / "model_repository" / model / "1" / "model.json").read_text())
 
 
-def assemble(backends: Path, dep: Deployment) -> Path:
-    """The wheel's Python backend plus what the vllm backend brings (as the local target assembles it)."""
-    triton = find_triton()
-    assert triton.root is not None, "these tests use the tritonserver of the nvidia-pytriton wheel"
-    assemble_backends(triton.root, backends)
-    for relative, source in BACKEND.backend_files(dep).items():
-        (backends / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, backends / relative)
-    return backends
-
-
 @dataclass
 class Served:
     process: TritonProcess
@@ -68,7 +55,7 @@ def triton(root: Path, deployments: list[Deployment], *, ready: bool = True) -> 
     http, grpc, metrics = free_ports("127.0.0.1", 3)
     repositories = [f"--model-repository={dep.paths.repository.resolve()}" for dep in deployments]
     command = [str(find_triton().binary), *repositories,
-               f"--backend-directory={assemble(root / 'backends', deployments[0])}", "--http-address=127.0.0.1",
+               f"--backend-directory={deployments[0].paths.backends.resolve()}", "--http-address=127.0.0.1",
                f"--http-port={http}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
                "--metrics-address=127.0.0.1", f"--metrics-port={metrics}", "--allow-gpu-metrics=false",
                "--pinned-memory-pool-byte-size=0", "--exit-timeout-secs=10"]
