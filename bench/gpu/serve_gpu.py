@@ -20,6 +20,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -156,50 +158,57 @@ def gpu_memory_gib() -> float:
     return float(out.split()[0]) / 1024
 
 
-def served(compile_: bool, wheel_dir: str | None, log: Path) -> dict:
-    """``llm-launch ... action=serve`` on this GPU, measured with gRPC clients, then stopped with SIGINT."""
+@contextmanager
+def serving(hardware: str, overrides: list[str], wheel_dir: str | None, log: Path) -> Iterator[dict]:
+    """``llm-launch ... action=serve`` for the random Llama on ``hardware``; yields once it prints ``serving``
+    (with its start times), then stops it with SIGINT."""
     command = [sys.executable, "-m", "launcher.cli", "model=tiny-llama", f"model.checkpoint={MODEL_DIR}",
-               "backend=pytorch", f"hardware={hardware_entry()}", "precision=bf16",
+               "backend=pytorch", f"hardware={hardware}", "precision=bf16",
                f"model.max_input_len={MAX_INPUT_LEN}", f"model.max_output_len={MAX_OUTPUT_LEN}",
-               f"backend.max_batch_size={CONCURRENCY}",
-               f"backend.compile={str(compile_).lower()}", "smoke.max_tokens=8", "action=serve",
-               f"output_dir=/tmp/deploy-{'compile' if compile_ else 'eager'}", "server.start_timeout_s=900",
-               *(f"server.{k}={v}" for k, v in PORTS.items())]
+               "smoke.max_tokens=8", "action=serve", "server.start_timeout_s=900",
+               *(f"server.{k}={v}" for k, v in PORTS.items()), *overrides]
     if wheel_dir:
         command.append(f"target.wheel_dir={wheel_dir}")
     started = time.perf_counter()
     with log.open("w") as out:
         launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        ready_s, launch_to_ready_s = None, None
+        times: dict = {"server_ready_s": None}
         for line in launcher.stdout:
             out.write(line)
             out.flush()
             found = re.search(r"ready in ([0-9.]+) s", line)
             if found:
-                ready_s = float(found.group(1))
+                times["server_ready_s"] = float(found.group(1))
             if line.startswith("serving"):
-                launch_to_ready_s = time.perf_counter() - started
+                times["launch_to_serving_s"] = time.perf_counter() - started
                 break
-        if launch_to_ready_s is None:
+        if "launch_to_serving_s" not in times:
             launcher.wait()
             raise RuntimeError(f"llm-launch did not reach serving; see {log}")
         try:
-            url = f"127.0.0.1:{PORTS['grpc_port']}"
-            prompt = prompt_text()
-            concurrent(url, prompt, CONCURRENCY, NEW_TOKENS)  # warm-up at full batch
-            results: dict = {"server_ready_s": ready_s, "launch_to_serving_s": launch_to_ready_s,
-                             "gpu_memory_gib": gpu_memory_gib()}
-            for clients in (1, CONCURRENCY):
-                ttft = statistics.median(concurrent(url, prompt, clients, 1) for _ in range(3))
-                total = statistics.median(concurrent(url, prompt, clients, NEW_TOKENS) for _ in range(3))
-                results[clients] = {"tokens_per_s": clients * NEW_TOKENS / total, "ttft_s": ttft,
-                                    "decode_tokens_per_s_per_seq": (NEW_TOKENS - 1) / (total - ttft)}
-            return results
+            yield times
         finally:
             launcher.send_signal(signal.SIGINT)
             rest, _ = launcher.communicate(timeout=120)
             out.write(rest)
+
+
+def served(compile_: bool, wheel_dir: str | None, log: Path) -> dict:
+    """The served model on one GPU, measured with gRPC clients at 1 and CONCURRENCY requests."""
+    overrides = [f"backend.max_batch_size={CONCURRENCY}", f"backend.compile={str(compile_).lower()}",
+                 f"output_dir=/tmp/deploy-{'compile' if compile_ else 'eager'}"]
+    with serving(hardware_entry(), overrides, wheel_dir, log) as times:
+        url = f"127.0.0.1:{PORTS['grpc_port']}"
+        prompt = prompt_text()
+        concurrent(url, prompt, CONCURRENCY, NEW_TOKENS)  # warm-up at full batch
+        results: dict = {**times, "gpu_memory_gib": gpu_memory_gib()}
+        for clients in (1, CONCURRENCY):
+            ttft = statistics.median(concurrent(url, prompt, clients, 1) for _ in range(3))
+            total = statistics.median(concurrent(url, prompt, clients, NEW_TOKENS) for _ in range(3))
+            results[clients] = {"tokens_per_s": clients * NEW_TOKENS / total, "ttft_s": ttft,
+                                "decode_tokens_per_s_per_seq": (NEW_TOKENS - 1) / (total - ttft)}
+        return results
 
 
 def main() -> None:

@@ -147,6 +147,7 @@ class TritonPythonModel:
         self.device = torch.device("cpu")
         if params["device"] == "cuda":
             self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
+            torch.cuda.set_device(self.device)  # this stub process serves one GPU: CUDA graphs and syncs use it
         else:
             instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // instances))
