@@ -180,6 +180,9 @@ def serving(hardware: str, overrides: list[str], wheel_dir: str | None, log: Pat
             found = re.search(r"ready in ([0-9.]+) s", line)
             if found:
                 times["server_ready_s"] = float(found.group(1))
+            found = re.search(r"^latency ([0-9.]+) s", line)
+            if found:  # the smoke query: the first request after ready
+                times["smoke_latency_s"] = float(found.group(1))
             if line.startswith("serving"):
                 times["launch_to_serving_s"] = time.perf_counter() - started
                 break

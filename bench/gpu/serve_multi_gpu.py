@@ -3,8 +3,10 @@
 Each configuration is the same deployment (pytorch backend, bf16, ``backend.compile=true``) except the
 ``hardware`` entry: ``h100x1`` renders one model instance on GPU 0, ``h100x2`` one instance on each GPU
 (``instance_group [{ kind: KIND_GPU gpus: [0, 1] }]``). Each gets the same load, LOAD concurrent requests x
-NEW_TOKENS new tokens (greedy, ``ignore_eos``), timed REPEATS times while ``nvidia-smi`` samples every GPU's
-utilisation and memory. Run on the GPU host from the repository root (bench/gpu/README.md has the command):
+NEW_TOKENS new tokens (greedy, ``ignore_eos``), two ways: as a burst (all requests sent at once, timed
+REPEATS times) and sustained (LOAD clients each sending its next request as soon as the last one returned,
+for SUSTAIN_S seconds), while ``nvidia-smi`` samples every GPU's utilisation and memory. Run on the GPU host
+from the repository root (bench/gpu/README.md has the command):
 
     python bench/gpu/serve_multi_gpu.py --out results.json [--wheel-dir .device-carry/whl]
 """
@@ -23,11 +25,12 @@ import time
 from pathlib import Path
 
 import torch
+import tritonclient.grpc as grpcclient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_gpu import MODEL_DIR, NEW_TOKENS, PORTS, build_model, concurrent, prompt_text, serving
+from serve_gpu import MODEL_DIR, NEW_TOKENS, PORTS, build_model, concurrent, prompt_text, request, serving
 
-LOAD, REPEATS = 32, 5
+LOAD, REPEATS, SUSTAIN_S = 32, 5, 10.0
 CONFIGS = {  # name -> (GPUs, backend.max_batch_size)
     "1gpu": (1, 16),
     "2gpu": (2, 16),
@@ -65,6 +68,35 @@ class GpuSampler:
                       "samples": sum(1 for i, _, _ in self.samples if i == gpu)} for gpu in gpus}
 
 
+def sustained(url: str, prompt: str, clients: int, seconds: float) -> dict:
+    """``clients`` closed-loop clients for ``seconds`` (no request starts later): new tokens / wall time."""
+    connections = [grpcclient.InferenceServerClient(url) for _ in range(clients)]
+    barrier, latencies, errors = threading.Barrier(clients + 1), [], []
+
+    def run(client: grpcclient.InferenceServerClient, deadline: list[float]) -> None:
+        barrier.wait()
+        try:
+            while time.perf_counter() < deadline[0]:
+                latencies.append(request(client, prompt, NEW_TOKENS))
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    deadline = [0.0]
+    threads = [threading.Thread(target=run, args=(c, deadline)) for c in connections]
+    for thread in threads:
+        thread.start()
+    start = time.perf_counter()
+    deadline[0] = start + seconds
+    barrier.wait()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    wall = time.perf_counter() - start
+    return {"requests": len(latencies), "wall_s": wall, "tokens_per_s": len(latencies) * NEW_TOKENS / wall,
+            "latency_p50_s": statistics.median(latencies), "latency_max_s": max(latencies)}
+
+
 def hardware_entry(gpus: int) -> str:
     return f"{'h200' if 'H200' in torch.cuda.get_device_name() else 'h100'}x{gpus}"
 
@@ -76,13 +108,16 @@ def measure(name: str, wheel_dir: str | None, log_dir: Path) -> dict:
     with serving(hardware_entry(gpus), overrides, wheel_dir, log_dir / f"{name}.log") as times:
         url, prompt = f"127.0.0.1:{PORTS['grpc_port']}", prompt_text()
         concurrent(url, prompt, LOAD, NEW_TOKENS)  # warm-up under the measured load
-        with GpuSampler() as sampler:
+        with GpuSampler() as burst_gpus:
             walls = [concurrent(url, prompt, LOAD, NEW_TOKENS) for _ in range(REPEATS)]
+        with GpuSampler() as sustained_gpus:
+            steady = sustained(url, prompt, LOAD, SUSTAIN_S)
         instances = INSTANCE_LINE.findall((output_dir / "server.log").read_text())
         return {**times, "hardware": hardware_entry(gpus), "max_batch_size": max_batch_size,
-                "instances": {instance: int(device) for instance, device in instances},
-                "wall_s": walls, "tokens_per_s": LOAD * NEW_TOKENS / statistics.median(walls),
-                "gpus": sampler.summary()}
+                "instances": [f"{instance} on GPU {device}" for instance, device in instances],
+                "burst": {"wall_s": walls, "tokens_per_s": LOAD * NEW_TOKENS / statistics.median(walls),
+                          "gpus": burst_gpus.summary()},
+                "sustained": {**steady, "gpus": sustained_gpus.summary()}}
 
 
 def main() -> None:
@@ -106,10 +141,11 @@ def main() -> None:
         args.out.write_text(json.dumps(report, indent=2))
         print(name, json.dumps(report[name]), flush=True)
     one, two = report.get("1gpu", {}), report.get("2gpu", {})
-    if "tokens_per_s" in one and "tokens_per_s" in two:
-        print(f"2 GPUs / 1 GPU at {LOAD} concurrent x {NEW_TOKENS} tokens: "
-              f"{two['tokens_per_s']:.0f} / {one['tokens_per_s']:.0f} tokens/s = "
-              f"{two['tokens_per_s'] / one['tokens_per_s']:.2f}x")
+    for mode in ("burst", "sustained"):
+        if mode in one and mode in two:
+            rate_1, rate_2 = one[mode]["tokens_per_s"], two[mode]["tokens_per_s"]
+            print(f"{mode}, {LOAD} concurrent x {NEW_TOKENS} tokens: 2 GPUs / 1 GPU = "
+                  f"{rate_2:.0f} / {rate_1:.0f} tokens/s = {rate_2 / rate_1:.2f}x")
     os.sync()
 
 

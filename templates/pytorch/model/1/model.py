@@ -170,8 +170,13 @@ class TritonPythonModel:
         self.decode_step = self.forward_step
         if self.static_caches is not None and self.device.type == "cuda":
             self.decode_step = torch.compile(self.forward_step, mode="reduce-overhead", fullgraph=True)
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """Decode every batch bucket once before the server reports ready (compile mode compiles each here).
+        Three tokens: two decode steps, so the CUDA graphs are recorded here too, not in a request."""
         for rows in self.warmup_buckets():
-            self.generate([self.parse_text("Hello", 2, Sampling(temperature=0))] * rows)
+            self.generate([self.parse_text("Hello", 3, Sampling(temperature=0))] * rows)
 
     def parse_text(self, prompt: str, max_tokens: int, sampling: Sampling, **extra) -> Job:
         if self.chat_template:
@@ -333,7 +338,10 @@ class TritonPythonModel:
         limit = torch.tensor(limits, device=self.device)
         finished = torch.zeros(rows, dtype=torch.bool, device=self.device)
         output = torch.full((rows, steps), self.pad_id, dtype=torch.long, device=self.device)
-        position, cache_position = positions[:, -1:].clone(), torch.full((1,), width, device=self.device)
+        # Contiguous strides whatever the prompt's width: the compiled step guards on strides, and a
+        # (rows, 1) slice keeps its parent's, which would recompile the step for every new width.
+        position = positions[:, -1:].clone(memory_format=torch.contiguous_format)
+        cache_position = torch.full((1,), width, device=self.device)
         collector = Collector(self, jobs) if streaming else None
         if collector is not None:
             collector.prompt_seen = True

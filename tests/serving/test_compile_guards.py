@@ -1,0 +1,55 @@
+"""Compile mode compiles its decode step while warming up, never again for a request.
+
+``model.py`` compiles the step only on GPUs (CUDA graphs). Here the same loop runs on CPU under
+``torch.compile``'s eager backend (dynamo's guards without code generation) and, once warm, any
+recompilation raises: requests with other prompt widths and batch sizes must reuse the warm-up's graphs.
+On an H100 a stride guard once recompiled the step for every new prompt width, and the first request
+after "ready" took 40 s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+MODEL_PY = REPO / "templates/pytorch/model/1/model.py"
+
+
+@pytest.fixture
+def model_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """``model.py`` imported outside Triton, with the two names of the stub's utility module it needs
+    to start and generate (responses are not sent here)."""
+    utils = types.ModuleType("triton_python_backend_utils")
+    utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL = 1
+    utils.using_decoupled_model_transaction_policy = lambda config: False
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", utils)
+    spec = importlib.util.spec_from_file_location("pytorch_model", MODEL_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_requests_reuse_the_warm_up_graphs(model_module: types.ModuleType, tiny_hf: Path) -> None:
+    params = {"model_dir": str(tiny_hf), "dtype": "float32", "device": "cpu", "chat_template": "false",
+              "max_input_len": "64", "max_output_len": "32", "compile": "true"}
+    config = {"max_batch_size": 4, "parameters": {k: {"string_value": v} for k, v in params.items()}}
+    model = model_module.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_instance_device_id": "0"})
+    torch._dynamo.reset()
+    model.decode_step = torch.compile(model.forward_step, backend="eager", fullgraph=True)
+    model.warm_up()
+    exact = model_module.Sampling(temperature=0, ignore_eos=True)
+    prompts = ["What is the capital of France? Tell me more", "Rome", "Berlin is a city in"]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for rows in (1, 3, 2, 4):
+            jobs = [model.parse_text(prompts[i % len(prompts)], 5 + i, exact) for i in range(rows)]
+            model.generate(jobs)
+            assert [len(job.tokens) for job in jobs] == [5 + i for i in range(rows)]
