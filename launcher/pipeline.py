@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from launcher import validate
 from launcher.backends import get_backend
-from launcher.backends.base import Step
+from launcher.backends.base import Placement, Step
 from launcher.deployment import Deployment, resolve
 from launcher.errors import LauncherError, user_error
 from launcher.spec import Action, DeploySpec, to_spec, to_yaml
@@ -39,6 +39,7 @@ hydra:
 class Outcome:
     spec: DeploySpec
     steps: list[Step]
+    placement: list[Placement] = field(default_factory=list)
     output_dir: str | None = None
     export_dir: str | None = None
     export_cached: bool = False  # the export was already in the cache (or used in place)
@@ -70,8 +71,8 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     plan = backend.plan(dep)
     steps = [*plan.steps, render_step(dep), target.launch_step(dep, plan, backend)]
     if spec.action == Action.plan:
-        return Outcome(spec, steps)
-    outcome = Outcome(spec, steps, export_dir=str(plan.export.directory))
+        return Outcome(spec, steps, plan.placement)
+    outcome = Outcome(spec, steps, plan.placement, export_dir=str(plan.export.directory))
     if spec.action != Action.render:
         outcome.export_cached = plan.export.key is None or plan.export.directory.is_dir()
         start = time.perf_counter()

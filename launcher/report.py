@@ -34,6 +34,12 @@ def print_plan(outcome: Outcome) -> None:
                       markup=True, emoji=False)
         if step.command:
             console.print("   $ " + shlex.join(step.command), markup=False, emoji=False)
+    if outcome.placement:
+        hw = outcome.spec.hardware
+        console.print(f"[bold]GPUs[/] ({len(outcome.placement)} workers on {hw.name}: {hw.nodes} x "
+                      f"{hw.gpus_per_node} {hw.gpu})", markup=True, emoji=False)
+        for where in outcome.placement:
+            console.print(f"   node {where.node} GPU {where.gpu}: {where.worker}", markup=False, emoji=False)
 
 
 def print_outcome(outcome: Outcome) -> None:

@@ -14,14 +14,7 @@ from tritonclient.grpc import model_config_pb2
 
 from launcher.errors import LauncherError
 from tests.conftest import REPO, run_cli
-
-
-def model_config(path: Path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-def parameters(config: model_config_pb2.ModelConfig) -> dict[str, str]:
-    return {key: value.string_value for key, value in config.parameters.items()}
+from tests.repository import model_config, parameters
 
 
 def test_pytorch_repository(run_deploy, tmp_path: Path) -> None:

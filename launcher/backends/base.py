@@ -45,6 +45,15 @@ class TritonModel:
     context: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """The GPU one worker (a model instance, or a tensor/pipeline-parallel rank) runs on."""
+
+    worker: str
+    node: int
+    gpu: int
+
+
 @dataclass
 class Plan:
     export: Export
@@ -53,6 +62,7 @@ class Plan:
     # server processes a cluster target starts, one per GPU rank, each running ``server_args`` (1: one
     # process, or a command such as ``mpirun`` that starts its own ranks); the Slurm target's ``srun --ntasks``
     ranks: int = 1
+    placement: list[Placement] = field(default_factory=list)  # empty on CPU hardware
 
 
 class Backend(Protocol):
@@ -82,6 +92,17 @@ class Backend(Protocol):
         backend (a directory holding only ``model.py`` is a Python-based backend); ``{}`` for none.
         """
         ...
+
+
+def rank_placement(dep: Deployment) -> list[Placement]:
+    """Tensor x pipeline-parallel ranks on the hardware's GPUs: rank = pp_rank * tp + tp_rank, placed on
+    GPU ``rank % gpus_per_node`` of node ``rank // gpus_per_node`` (TensorRT-LLM's and vLLM's order)."""
+    backend, hw = dep.spec.backend, dep.spec.hardware
+    if hw.gpu is None:
+        return []
+    tp, per_node = backend.tensor_parallel, max(hw.gpus_per_node, 1)
+    return [Placement(f"rank {rank} (tp {rank % tp}, pp {rank // tp})", rank // per_node, rank % per_node)
+            for rank in range(tp * backend.pipeline_parallel)]
 
 
 def serving_dtype(dep: Deployment) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from launcher.backends.base import Plan, TritonModel, export_hf, export_step, hf_export, tritonserver_args
+from launcher.backends.base import Placement, Plan, TritonModel, export_hf, export_step, hf_export, tritonserver_args
 from launcher.deployment import Deployment
 from launcher.errors import Problem
 from launcher.spec import BackendSpec
@@ -42,17 +42,18 @@ class PytorchBackend:
         export = hf_export(dep)
         spec, hw = dep.spec, dep.spec.hardware
         device = spec.backend.device if spec.backend.device != "auto" else ("cuda" if hw.gpu else "cpu")
+        gpus = list(range(hw.gpus_per_node)) if device == "cuda" else []
         model = TritonModel(
             template="pytorch/model",
             name=spec.model.served_name,
-            context={
-                "model_dir": str(export.directory),
-                "dtype": export.dtype,
-                "device": device,
-                "gpus": list(range(hw.gpus_per_node)) if device == "cuda" else [],
-            },
+            context={"model_dir": str(export.directory), "dtype": export.dtype, "device": device, "gpus": gpus},
         )
-        return Plan(export, [export_step(dep, export, "convert to a Hugging Face safetensors directory")], [model])
+        # Triton starts instance_count instances on each GPU of the instance group (one Python stub each)
+        count = spec.backend.instance_count
+        placement = [Placement(f"{spec.model.served_name} model instance {i + 1} of {count} on this GPU", 0, gpu)
+                     for gpu in gpus for i in range(count)]
+        steps = [export_step(dep, export, "convert to a Hugging Face safetensors directory")]
+        return Plan(export, steps, [model], placement=placement)
 
     def export(self, dep: Deployment, plan: Plan) -> None:
         export_hf(dep, plan.export)

@@ -29,6 +29,7 @@ from launcher.backends.base import (
     export_hf,
     export_step,
     hf_export,
+    rank_placement,
     serving_dtype,
     tritonserver_args,
 )
@@ -260,7 +261,7 @@ class TrtllmBackend:
         model = TritonModel("trtllm/llmapi/tensorrt_llm", dep.spec.model.served_name,
                             {"model_yaml": self.model_yaml(dep, str(served.directory))})
         srun_ranks = world_size(dep) if dep.spec.target.name == "slurm" else 1  # see server_args
-        return Plan(served, steps, [model], ranks=srun_ranks)
+        return Plan(served, steps, [model], ranks=srun_ranks, placement=rank_placement(dep))
 
     def _modelopt_export(self, dep: Deployment) -> Export:
         precision = dep.spec.precision
@@ -286,6 +287,7 @@ class TrtllmBackend:
             "backend": "pytorch",
             "tensor_parallel_size": backend.tensor_parallel,
             "pipeline_parallel_size": backend.pipeline_parallel,
+            "gpus_per_node": spec.hardware.gpus_per_node,
             "max_batch_size": backend.max_batch_size,
             "max_seq_len": spec.model.max_input_len + spec.model.max_output_len,
             "max_num_tokens": backend.max_num_tokens,
@@ -318,6 +320,8 @@ class TrtllmBackend:
             f"--max_seq_len={spec.model.max_input_len + spec.model.max_output_len}",
             f"--max_num_tokens={backend.max_num_tokens}", f"--max_beam_width={backend.max_beam_width}",
             "--kv_cache_type=paged", f"--workers={world_size(dep)}",
+            # recorded in the engine; each rank then runs on GPU rank % gpus_per_node of its node
+            f"--gpus_per_node={dep.spec.hardware.gpus_per_node}",
         ]
         if paged_context:
             command.append("--use_paged_context_fmha=enable")
@@ -368,7 +372,7 @@ class TrtllmBackend:
         ]
         if spec.backend.bls:
             models.append(TritonModel("trtllm/engine/tensorrt_llm_bls", "tensorrt_llm_bls", fill))
-        return Plan(export, [*steps, step, build], models)
+        return Plan(export, [*steps, step, build], models, placement=rank_placement(dep))
 
     def engine_parameters(self, dep: Deployment, engine_dir: Path, tokenizer_dir: Path) -> dict[str, str]:
         """A value for every placeholder of the v0.19.0 templates: spec keys first, then defaults."""

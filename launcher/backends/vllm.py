@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.backends.base import Plan, TritonModel, export_hf, export_step, hf_export, tritonserver_args
+from launcher.backends.base import (
+    Plan,
+    TritonModel,
+    export_hf,
+    export_step,
+    hf_export,
+    rank_placement,
+    tritonserver_args,
+)
 from launcher.deployment import Deployment
 from launcher.errors import Problem
 from launcher.spec import Action, BackendSpec
@@ -107,7 +115,8 @@ class VllmBackend:
             name=dep.spec.model.served_name,
             context={"engine_args": self.engine_args(dep, str(export.directory), dtype)},
         )
-        return Plan(export, [export_step(dep, export, "convert to a Hugging Face safetensors directory")], [model])
+        steps = [export_step(dep, export, "convert to a Hugging Face safetensors directory")]
+        return Plan(export, steps, [model], placement=rank_placement(dep))
 
     def export(self, dep: Deployment, plan: Plan) -> None:
         export_hf(dep, plan.export)

@@ -18,6 +18,7 @@ from launcher.errors import LauncherError
 from launcher.pipeline import typed_spec
 from launcher.targets import slurm
 from tests.conftest import compose_spec
+from tests.repository import mpirun_segments
 
 SHELLCHECK = str(Path(sys.executable).parent / "shellcheck")
 HOSTILE_DIR = "dep 'x' $(touch pwned) \"q\" `id` %j"
@@ -59,17 +60,6 @@ def argv_from_script(script: Path, tool: str, tmp_path: Path) -> list[str]:
     return json.loads(line)
 
 
-def segments(argv: list[str]) -> list[list[str]]:
-    """``mpirun`` argv split into its ``:``-separated rank segments."""
-    parts: list[list[str]] = [[]]
-    for word in argv[argv.index("mpirun") + 2:]:
-        if word == ":":
-            parts.append([])
-        else:
-            parts[-1].append(word)
-    return parts
-
-
 def test_docker_command_for_two_nodes_of_eight_gpus(run_deploy, tmp_path: Path) -> None:
     out_dir = tmp_path / HOSTILE_DIR
     out = Path(run_deploy(*TRTLLM_2X8, "backend.runtime=engine", "target=docker", f"output_dir={quoted(str(out_dir))}",
@@ -88,7 +78,7 @@ def test_docker_command_for_two_nodes_of_eight_gpus(run_deploy, tmp_path: Path) 
     assert "--shm-size=2g" in argv
     image = next(word for word in argv if word.startswith("nvcr.io/"))
     assert image == "nvcr.io/nvidia/tritonserver:25.01-trtllm-python-py3"
-    ranks = segments(argv)
+    ranks = mpirun_segments(argv)
     assert len(ranks) == 16
     assert all("--model-repository=/triton/model_repository" in rank for rank in ranks)
     assert all("--http-address=0.0.0.0" in rank for rank in ranks)
@@ -130,7 +120,7 @@ def test_sbatch_engine_runtime_runs_mpirun_with_a_rank_per_gpu(run_deploy, tmp_p
                           "action=render").output_dir)
     shellcheck(out / "job.sbatch")
     argv = argv_from_script(out / "job.sbatch", "mpirun", tmp_path)
-    ranks = segments(["mpirun", *argv])
+    ranks = mpirun_segments(["mpirun", *argv])
     assert len(ranks) == 16
     assert all(rank[:2] == ["-n", "1"] and Path(rank[2]).name == "tritonserver" for rank in ranks)
     assert f"--backend-directory={out}/backends" in argv  # as the local target runs it

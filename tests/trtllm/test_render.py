@@ -3,17 +3,15 @@ schema, no placeholder is left, values follow the spec, and the launch line has 
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import pytest
 import yaml
-from google.protobuf import text_format
 from jinja2 import meta
-from tritonclient.grpc import model_config_pb2
 
 from launcher.backends.trtllm import ENGINE_DEFAULTS
 from launcher.render import TEMPLATES, environment
+from tests.repository import docker_server_command, model_config, mpirun_segments, parameters
 
 # Every placeholder of tensorrtllm_backend v0.19.0's inflight_batcher_llm templates (shared/formats.md C.2),
 # plus prompt_embedding_table_data_type that newer copies add.
@@ -51,40 +49,12 @@ HARDWARE = {  # id -> (overrides, tensor parallel, pipeline parallel)
 }
 
 
-def model_config(path: Path) -> model_config_pb2.ModelConfig:
-    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
-
-
-def parameters(config: model_config_pb2.ModelConfig) -> dict[str, str]:
-    return {key: value.string_value for key, value in config.parameters.items()}
-
-
-def segments(command: list[str]) -> list[list[str]]:
-    """An ``mpirun`` MPMD line split into its ``:``-separated rank segments (without ``mpirun`` options)."""
-    assert command[:2] == ["mpirun", "--allow-run-as-root"], command[:3]
-    parts, current = [], []
-    for arg in command[2:]:
-        if arg == ":":
-            parts.append(current)
-            current = []
-        else:
-            current.append(arg)
-    return [*parts, current]
-
-
 def render(run_deploy, runtime: str, hardware: str, *extra: str) -> Path:
     overrides, _, _ = HARDWARE[hardware]
     outcome = run_deploy(*overrides, "backend=trtllm", f"backend.runtime={runtime}", "precision=bf16",
                          "target=docker", "backend.max_batch_size=16", "backend.kv_cache_memory_fraction=0.8",
                          *extra, "action=render")
     return Path(outcome.output_dir)
-
-
-def docker_server_command(out: Path) -> list[str]:
-    """The container command of the rendered ``launch.sh`` (what follows the image name)."""
-    words = shlex.split((out / "launch.sh").read_text().splitlines()[-1])
-    image = next(i for i, w in enumerate(words) if w.startswith("nvcr.io/"))
-    return words[image + 1:]
 
 
 @pytest.mark.parametrize("hardware", list(HARDWARE))
@@ -124,7 +94,7 @@ def test_llmapi_model_yaml_and_launch(run_deploy, hardware: str) -> None:
     if tp * pp == 1:
         assert command[0] == "tritonserver" and ":" not in command
         return
-    ranks = segments(command)
+    ranks = mpirun_segments(command)
     assert len(ranks) == tp * pp
     for rank, segment in enumerate(ranks):
         assert segment[:4] == ["-n", "1", "trtllm-llmapi-launch", "tritonserver"]
@@ -165,7 +135,7 @@ def test_engine_parameters_and_mpirun(run_deploy, hardware: str) -> None:
     if tp * pp == 1:  # launch_triton_server.py --no-mpi: one plain server
         assert command[0] == "tritonserver" and ":" not in command
         return
-    ranks = segments(command)
+    ranks = mpirun_segments(command)
     assert len(ranks) == tp * pp
     for rank, segment in enumerate(ranks):
         assert segment[:3] == ["-n", "1", "tritonserver"]
