@@ -80,6 +80,8 @@ BACKEND_CASES = [
     (("model=llama3-8b", "action=plan", "backend=pytorch", "backend.tensor_parallel=2", "hardware=h100x2"),
      "backend.tensor_parallel: the pytorch backend does not split a model"),
     (("model=llama3-8b", "action=plan", "backend=pytorch", "hardware=h100x1"), None),
+    (("model=llama3-8b", "action=plan", "backend=pytorch", "hardware=h100x8n2"),
+     "hardware: the pytorch backend serves from one tritonserver on one node; hardware=h100x8n2 has 2 nodes"),
     (("model=llama3-8b", "action=plan", "backend=trtllm", "hardware=cpu", "precision=bf16"),
      "hardware: TensorRT-LLM needs an NVIDIA GPU"),
     (("model=llama3-8b", "action=plan", "backend=trtllm", "hardware=h100x1"), None),

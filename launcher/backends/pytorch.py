@@ -30,6 +30,12 @@ class PytorchBackend:
             problems.append(Problem("backend.tensor_parallel", "the pytorch backend does not split a model "
                                     "across GPUs; it runs one model instance per GPU",
                                     "keep tensor_parallel=1 pipeline_parallel=1, or use backend=vllm or trtllm"))
+        hw = dep.spec.hardware
+        if hw.nodes > 1:
+            problems.append(Problem("hardware", f"the pytorch backend serves from one tritonserver on one node; "
+                                    f"hardware={hw.name} has {hw.nodes} nodes",
+                                    "pick a one-node entry (e.g. hardware=h100x8) and deploy once per node, "
+                                    "or use backend=vllm or trtllm"))
         if dep.checkpoint_format == "qnemo":
             problems.append(Problem("model.checkpoint", "a .qnemo holds TensorRT-LLM weights, which the "
                                     "pytorch backend cannot load", "use backend=trtllm backend.runtime=engine"))
