@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,8 +122,8 @@ def request(client, prompt: str, max_tokens: int) -> float:
     return elapsed
 
 
-def concurrent(url: str, prompt: str, clients: int, max_tokens: int) -> float:
-    """Wall time for ``clients`` simultaneous requests, each on its own connection."""
+def run_clients(url: str, clients: int, work: Callable) -> float:
+    """Wall time for ``clients`` threads, each with its own connection, released at once to run ``work(client)``."""
     import tritonclient.grpc as grpcclient
 
     connections = [grpcclient.InferenceServerClient(url) for _ in range(clients)]
@@ -132,7 +132,7 @@ def concurrent(url: str, prompt: str, clients: int, max_tokens: int) -> float:
     def run(client) -> None:
         barrier.wait()
         try:
-            request(client, prompt, max_tokens)
+            work(client)
         except Exception as err:  # reported below
             errors.append(err)
 
@@ -148,8 +148,13 @@ def concurrent(url: str, prompt: str, clients: int, max_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def hardware_entry() -> str:
-    return "h200x1" if "H200" in torch.cuda.get_device_name() else "h100x1"
+def concurrent(url: str, prompt: str, clients: int, max_tokens: int) -> float:
+    """Wall time for ``clients`` simultaneous requests, each on its own connection."""
+    return run_clients(url, clients, lambda client: request(client, prompt, max_tokens))
+
+
+def hardware_entry(gpus: int = 1) -> str:
+    return f"{'h200' if 'H200' in torch.cuda.get_device_name() else 'h100'}x{gpus}"
 
 
 def gpu_memory_gib() -> float:

@@ -25,10 +25,20 @@ import time
 from pathlib import Path
 
 import torch
-import tritonclient.grpc as grpcclient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_gpu import MODEL_DIR, NEW_TOKENS, PORTS, build_model, concurrent, prompt_text, request, serving
+from serve_gpu import (
+    MODEL_DIR,
+    NEW_TOKENS,
+    PORTS,
+    build_model,
+    concurrent,
+    hardware_entry,
+    prompt_text,
+    request,
+    run_clients,
+    serving,
+)
 
 LOAD, REPEATS, SUSTAIN_S = 32, 5, 10.0
 CONFIGS = {  # name -> (GPUs, backend.max_batch_size)
@@ -70,35 +80,16 @@ class GpuSampler:
 
 def sustained(url: str, prompt: str, clients: int, seconds: float) -> dict:
     """``clients`` closed-loop clients for ``seconds`` (no request starts later): new tokens / wall time."""
-    connections = [grpcclient.InferenceServerClient(url) for _ in range(clients)]
-    barrier, latencies, errors = threading.Barrier(clients + 1), [], []
+    latencies: list[float] = []
+    deadline = time.perf_counter() + seconds
 
-    def run(client: grpcclient.InferenceServerClient, deadline: list[float]) -> None:
-        barrier.wait()
-        try:
-            while time.perf_counter() < deadline[0]:
-                latencies.append(request(client, prompt, NEW_TOKENS))
-        except Exception as err:  # reported below
-            errors.append(err)
+    def loop(client) -> None:
+        while time.perf_counter() < deadline:
+            latencies.append(request(client, prompt, NEW_TOKENS))
 
-    deadline = [0.0]
-    threads = [threading.Thread(target=run, args=(c, deadline)) for c in connections]
-    for thread in threads:
-        thread.start()
-    start = time.perf_counter()
-    deadline[0] = start + seconds
-    barrier.wait()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    wall = time.perf_counter() - start
+    wall = run_clients(url, clients, loop)
     return {"requests": len(latencies), "wall_s": wall, "tokens_per_s": len(latencies) * NEW_TOKENS / wall,
             "latency_p50_s": statistics.median(latencies), "latency_max_s": max(latencies)}
-
-
-def hardware_entry(gpus: int) -> str:
-    return f"{'h200' if 'H200' in torch.cuda.get_device_name() else 'h100'}x{gpus}"
 
 
 def measure(name: str, wheel_dir: str | None, log_dir: Path) -> dict:
