@@ -1,4 +1,8 @@
-"""The one export cache: content-addressed entries, written to a temp dir and renamed into place."""
+"""The one export cache: content-addressed entries, written to a temp dir and renamed into place.
+
+Temporary directories carry the writer's pid (``.<entry>.<pid>.<random>.tmp``), so the next writer in the
+same directory removes those whose process is gone (a SIGKILLed export leaves nothing behind for long).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,35 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from launcher.checkpoints import Checkpoint
 
 CONVERTER_VERSION = "1"  # bump when a converter's output changes, so old entries are not reused
+TMP_SUFFIX = ".tmp"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale(directory: Path) -> None:
+    """Remove temp dirs under ``directory`` left by processes that no longer run."""
+    if not directory.is_dir():
+        return
+    for path in directory.glob(f".*{TMP_SUFFIX}"):
+        parts = path.name.rsplit(".", 3)  # [".<entry>", pid, random, "tmp"]
+        pid = parts[1] if len(parts) == 4 else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def temp_dir(entry: Path) -> Path:
+    """A fresh temporary directory beside ``entry``, named with this process's pid."""
+    return Path(tempfile.mkdtemp(prefix=f".{entry.name}.{os.getpid()}.", suffix=TMP_SUFFIX, dir=entry.parent))
 
 
 def fill(entry: Path, produce: Callable[[Path], None]) -> bool:
@@ -24,25 +51,17 @@ def fill(entry: Path, produce: Callable[[Path], None]) -> bool:
     if entry.is_dir():
         return True
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
+    remove_stale(entry.parent)
+    tmp = temp_dir(entry)
     try:
         produce(tmp)
         os.replace(tmp, entry)
     except OSError:
-        if entry.is_dir():  # another process finished the same entry first
-            shutil.rmtree(tmp, ignore_errors=True)
-            return True
         shutil.rmtree(tmp, ignore_errors=True)
+        if entry.is_dir():  # another process finished the same entry first
+            return True
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return False
-
-
-def export_hf(checkpoint: Checkpoint, entry: Path, dtype: str = "auto") -> tuple[Path, bool]:
-    """Convert ``checkpoint`` to an HF directory at cache entry ``entry``; returns ``(entry, hit)``."""
-    from launcher.convert import to_hf
-
-    hit = fill(entry, lambda tmp: to_hf(checkpoint, tmp, dtype))
-    return entry, hit

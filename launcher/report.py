@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 from launcher.errors import LauncherError
-from launcher.pipeline import Outcome
+from launcher.plan import Outcome
 from launcher.spec import Action, ServerSpec, to_yaml
 
 if TYPE_CHECKING:

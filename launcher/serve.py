@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from launcher import report
-from launcher.backends.base import Backend, Plan
+from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import user_error
+from launcher.plan import Plan
 from launcher.query import Answer, Options, ask
 from launcher.server import Stop, TritonProcess, sigterm_as_interrupt
 from launcher.spec import Action
@@ -15,7 +16,7 @@ def smoke_prompt(dep: Deployment, plan: Plan, backend: Backend) -> str:
     """The smoke prompt as the model must receive it: backends that pass text through unchanged (vLLM,
     TensorRT-LLM) get it formatted with the tokenizer's chat template here, as a chat client would."""
     prompt = dep.spec.smoke.prompt
-    if not dep.spec.model.chat_template or getattr(backend, "applies_chat_template", False):
+    if not dep.spec.model.chat_template or backend.applies_chat_template:
         return prompt
     from transformers import AutoTokenizer
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from launcher import cache
 from launcher.errors import user_error
+from launcher.spec import HostTritonSpec
 
 # Top-level names compiled against numpy 2 on such hosts; none is needed to serve a causal LM.
 NUMPY2_BUILT = {
@@ -80,3 +81,14 @@ def serving_python(cache_dir: Path, wheel_dir: str | None, build: bool = True) -
         raise user_error("numpy", f"the serving environment {env} still has numpy >= 2",
                          f"remove {env} and run again")
     return python
+
+
+def serving_environment(target: HostTritonSpec, cache_dir: Path, build: bool = True) -> dict[str, str]:
+    """The server's environment, with the Python that runs model.py (numpy < 2) first on PATH;
+    ``build=False`` (render) only names an overlay environment that serving will build."""
+    from launcher.triton import find_triton, require_numpy_below_2
+
+    if build and not target.prepare_serving_env:
+        require_numpy_below_2()
+    python = serving_python(cache_dir, target.wheel_dir, build)
+    return find_triton(target.tritonserver).environment(python)

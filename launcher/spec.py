@@ -4,6 +4,7 @@ The YAML files under ``conf/<group>/`` pick a ``base_<name>`` schema from here a
 so a misspelled key or a wrong type fails at compose time with Hydra's own message. After
 composition :func:`to_spec` turns the ``DictConfig`` into plain dataclasses that the rest of the
 pipeline reads and never mutates. (Not ``frozen=True``: Hydra then rejects command-line overrides.)
+Backends and targets subclass ``BackendSpec``/``TargetSpec``; ``launcher.registry`` stores them all.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 
@@ -93,6 +93,11 @@ class BackendSpec:
     streaming: bool = False  # decoupled transaction policy
     kv_cache_memory_fraction: float = 0.9
 
+    @property
+    def world_size(self) -> int:
+        """GPU ranks one deployment runs: tensor x pipeline parallel."""
+        return self.tensor_parallel * self.pipeline_parallel
+
 
 @dataclass
 class PrecisionSpec:
@@ -126,6 +131,27 @@ class TargetSpec:
 
 
 @dataclass
+class ContainerTargetSpec(TargetSpec):
+    """Targets that run NVIDIA's Triton container ``<registry>:<tag>-<suffix>``, the suffix being the
+    backend's own (``Backend.container_suffix``) unless set here."""
+
+    registry: str = "nvcr.io/nvidia/tritonserver"
+    tag: str = "25.01"
+    suffix: str | None = None
+
+
+@dataclass
+class HostTritonSpec(TargetSpec):
+    """Targets that run this machine's ``tritonserver`` (local; Slurm without a container image)."""
+
+    tritonserver: str | None = None  # None: the binary shipped in the nvidia-pytriton wheel
+    # When this Python has numpy >= 2 (which the Triton 2.51 stub cannot take), build an overlay
+    # environment with numpy < 2 in the cache (DESIGN section 10); from wheel_dir on offline hosts.
+    prepare_serving_env: bool = True
+    wheel_dir: str | None = None
+
+
+@dataclass
 class ServerSpec:
     host: str = "127.0.0.1"
     http_port: int = 8000
@@ -154,22 +180,6 @@ class DeploySpec:
     target: TargetSpec = MISSING
     server: ServerSpec = field(default_factory=ServerSpec)
     smoke: SmokeSpec = field(default_factory=SmokeSpec)
-
-
-def register_configs() -> None:
-    """Store the schemas; group entries in ``conf/`` start with ``defaults: [base_<name>]``."""
-    from launcher.backends import BACKENDS
-    from launcher.targets import TARGET_SPECS
-
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=DeploySpec)
-    cs.store(group="model", name="base_model", node=ModelSpec)
-    cs.store(group="precision", name="base_precision", node=PrecisionSpec)
-    cs.store(group="hardware", name="base_hardware", node=HardwareSpec)
-    for name, backend in BACKENDS.items():
-        cs.store(group="backend", name=f"base_{name}", node=backend.spec_class)
-    for name, target_spec in TARGET_SPECS.items():
-        cs.store(group="target", name=f"base_{name}", node=target_spec)
 
 
 def to_spec(cfg: DictConfig) -> DeploySpec:

@@ -7,18 +7,16 @@ run before anything is written.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 
 from launcher.deployment import Deployment
 from launcher.errors import Problem
-from launcher.spec import Action
-
-GIB = 1024**3
-BYTES_PER_WEIGHT = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 2, "fp8": 1, "int8": 1, "int4": 0.5}
-BYTES_PER_KV = {"auto": 2, "fp8": 1, "int8": 1}
+from launcher.sizing import GIB, memory_estimate
 
 Rule = Callable[[Deployment], list[Problem]]
+FORMAT_NAMES = {"hf": "Hugging Face", "gguf": "GGUF", "nemo": "NeMo 1.0 .nemo", "nemo2": "NeMo 2.0",
+                "qnemo": ".qnemo (TensorRT-LLM weights)"}
 
 
 def architecture_known(dep: Deployment) -> list[Problem]:
@@ -110,22 +108,6 @@ def memory_fits(dep: Deployment) -> list[Problem]:
                     "backend.tensor_parallel, or use a smaller precision")]
 
 
-def memory_estimate(dep: Deployment) -> dict[str, float]:
-    """Bytes per GPU (or host) for weights and a full KV cache; pytorch keeps a full copy per GPU."""
-    arch, spec = dep.arch, dep.spec
-    assert arch is not None
-    shards = spec.backend.tensor_parallel * spec.backend.pipeline_parallel
-    weight_bytes = BYTES_PER_WEIGHT.get(spec.precision.weights, 2)
-    if spec.precision.weights == "auto":
-        weight_bytes = BYTES_PER_WEIGHT.get(arch.dtype, 2)
-    weights = arch.num_parameters() * weight_bytes / shards
-    seq = spec.model.max_input_len + spec.model.max_output_len
-    kv_per_token = 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * BYTES_PER_KV.get(
-        spec.precision.kv_cache, 2)
-    kv_cache = kv_per_token * seq * spec.backend.max_batch_size / shards
-    return {"weights": weights, "kv_cache": kv_cache, "total": weights + kv_cache}
-
-
 def sequence_fits_model(dep: Deployment) -> list[Problem]:
     arch, model = dep.arch, dep.spec.model
     if arch is None:
@@ -135,28 +117,6 @@ def sequence_fits_model(dep: Deployment) -> list[Problem]:
         return []
     return [Problem("model.max_input_len", f"max_input_len + max_output_len = {seq} exceeds the model's "
                     f"{arch.max_position_embeddings} positions", "lower model.max_input_len or max_output_len")]
-
-
-def serving_hardware_present(dep: Deployment) -> list[Problem]:
-    """``serve``/``smoke`` on the local target must run on hardware this machine has."""
-    spec = dep.spec
-    if spec.action not in (Action.serve, Action.smoke) or spec.target.name != "local":
-        return []
-    hw = spec.hardware
-    if hw.gpu is None:
-        return []
-    from launcher.gpu import detect_gpus
-
-    found = detect_gpus()
-    if len(found) < max(hw.gpus_per_node, 1) or hw.nodes > 1:
-        have = ", ".join(f"{g.name} (cc {g.compute_capability})" for g in found) or "no GPU"
-        return [Problem("hardware", f"{hw.name} needs {hw.gpus_per_node} x {hw.gpu} on {hw.nodes} node(s); "
-                        f"this machine has {have}", "serve with hardware=cpu here, or use a cluster target")]
-    low = [g for g in found if g.compute_capability + 1e-6 < hw.compute_capability]
-    if low:
-        return [Problem("hardware", f"{hw.name} assumes compute capability {hw.compute_capability}; found "
-                        f"{low[0].name} with {low[0].compute_capability}", "pick the hardware entry you have")]
-    return []
 
 
 def positive_sizes(dep: Deployment) -> list[Problem]:
@@ -188,15 +148,23 @@ RULES: tuple[Rule, ...] = (
     pipeline_divides_layers,
     sequence_fits_model,
     memory_fits,
-    serving_hardware_present,
 )
 
 
 def problems(dep: Deployment) -> list[Problem]:
-    """Every problem the generic rules and the chosen backend find."""
-    from launcher.backends import get_backend
+    """Every problem the generic rules find (the pipeline adds the backend's and the target's own)."""
+    return [p for rule in RULES for p in rule(dep)]
 
-    found = [p for rule in RULES for p in rule(dep)]
-    if dep.arch is not None:
-        found += get_backend(dep.spec.backend.name).problems(dep)
-    return found
+
+def checkpoint_readable(dep: Deployment, backend: str, readers: Mapping[str, Mapping[str, str]]) -> list[Problem]:
+    """The chosen backend reads the checkpoint's format; else name the backends that do.
+
+    ``readers``: each backend's name -> its ``checkpoint_formats`` (format -> the settings it needs there).
+    """
+    fmt = dep.checkpoint_format
+    if fmt == "auto" or fmt in readers[backend]:
+        return []
+    able = [" ".join(filter(None, (f"backend={name}", formats[fmt]))) for name, formats in readers.items()
+            if fmt in formats]
+    return [Problem("model.checkpoint", f"backend={backend} cannot serve a {FORMAT_NAMES.get(fmt, fmt)} checkpoint",
+                    f"use {' or '.join(able)}" if able else "convert it to a Hugging Face checkpoint first")]

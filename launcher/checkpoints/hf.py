@@ -69,6 +69,14 @@ def arch_from_config(config: dict, where: Path) -> ModelArch:
     )
 
 
+def quantization(path: Path, config: dict) -> dict[str, Any] | None:
+    """A ModelOpt export's ``hf_quant_config.json`` block, else the config's ``quantization_config``."""
+    modelopt = path / "hf_quant_config.json"
+    if modelopt.is_file():
+        return read_json(modelopt).get("quantization") or config.get("quantization_config")
+    return config.get("quantization_config")
+
+
 def _safetensors_tensors(files: list[Path]) -> TensorStream:
     for file in files:
         with open(file, "rb") as f:
@@ -96,6 +104,6 @@ def read(path: Path) -> Checkpoint:
         format="hf",
         arch=arch_from_config(config, path),
         tokenizer=path,
-        quantization=config.get("quantization_config"),
+        quantization=quantization(path, config),
         stream=lambda: stream(files),
     )

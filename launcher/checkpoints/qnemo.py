@@ -83,3 +83,15 @@ def read(path: Path) -> Checkpoint:
         mapping=config.get("mapping"),
         stream=lambda: _tensors(archive),
     )
+
+
+def copy_files(path: Path, out_dir: Path) -> None:
+    """The .qnemo's files as they are (a tar's members are checked for safety before anything is read)."""
+    import shutil
+
+    archive = Archive(path)
+    for name in archive.names():
+        target = out_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(name) as source, open(target, "wb") as out:
+            shutil.copyfileobj(source, out, 16 * 1024 * 1024)

@@ -5,23 +5,16 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
-from launcher.backends.base import Backend, Plan, Step
+from launcher.backends.base import Backend
 from launcher.deployment import Deployment
-from launcher.errors import LauncherError, Problem, user_error
+from launcher.errors import Problem, user_error
+from launcher.plan import Launch, LaunchFile, Plan, Step
 from launcher.server import PORT_KEYS
-from launcher.spec import TargetSpec
+from launcher.spec import ContainerTargetSpec
+from launcher.targets.common import container_command, container_image, fixed_ports, mpirun
 
 REPOSITORY_MOUNT = "/triton/model_repository"
-
-
-@dataclass
-class ContainerTargetSpec(TargetSpec):
-    """Targets that run NVIDIA's Triton container: ``<registry>:<tag>-<suffix of the backend>``."""
-
-    registry: str = "nvcr.io/nvidia/tritonserver"
-    tag: str = "25.01"
-    suffixes: dict[str, str] = field(default_factory=lambda: {
-        "pytorch": "pyt-python-py3", "vllm": "vllm-python-py3", "trtllm": "trtllm-python-py3"})
+LAUNCH_FILE = "launch.sh"
 
 
 @dataclass
@@ -31,29 +24,9 @@ class DockerTargetSpec(ContainerTargetSpec):
     extra_args: list[str] = field(default_factory=list)  # added to `docker run` before the image
 
 
-def image(dep: Deployment) -> str:
-    target = dep.spec.target
-    return f"{target.registry}:{target.tag}-{target.suffixes[dep.spec.backend.name]}"
-
-
-def fixed_ports(dep: Deployment) -> None:
-    """Ports are fixed when the launch files are written for another host: ``0`` (pick one) cannot be."""
-    problems = [Problem(f"server.{key}", f"0 (pick a free port) needs the server on this machine; "
-                        f"target={dep.spec.target.name} fixes ports when rendering", f"set server.{key}=<port>")
-                for key in PORT_KEYS if getattr(dep.spec.server, key) == 0]
-    if problems:
-        raise LauncherError(*problems)
-
-
-def bind_all_interfaces(args: list[str], host: str) -> list[str]:
-    """Inside a container or on a cluster node the server listens on every interface."""
-    return [a.replace(f"-address={host}", "-address=0.0.0.0") for a in args]
-
-
-def docker_command(dep: Deployment, plan: Plan, backend: Backend) -> list[str]:
+def docker_command(dep: Deployment, plan: Plan, image: str, ranks: list[list[str]]) -> list[str]:
     """``docker run``: the node's GPUs, repository and export mounted read-only, ports published on
     ``server.host``; the export keeps its path inside, so the repository's references to it hold."""
-    fixed_ports(dep)
     spec, hw, server = dep.spec, dep.spec.hardware, dep.spec.server
     repository = dep.paths.repository.resolve()
     export_dir = plan.export.directory.expanduser().resolve()
@@ -68,8 +41,8 @@ def docker_command(dep: Deployment, plan: Plan, backend: Backend) -> list[str]:
         "-v", f"{repository}:{REPOSITORY_MOUNT}:ro",
         "-v", f"{export_dir}:{export_dir}:ro",
         *spec.target.extra_args,
-        image(dep),
-        *bind_all_interfaces(backend.server_args(dep, "tritonserver", REPOSITORY_MOUNT), server.host),
+        image,
+        *mpirun(ranks),
     ]
 
 
@@ -77,20 +50,22 @@ class DockerTarget:
     name = "docker"
     spec_class = DockerTargetSpec
 
-    def launch_files(self, dep: Deployment, plan: Plan, backend: Backend) -> dict[str, str]:
-        from launcher.render import environment
+    def problems(self, dep: Deployment, backend: Backend) -> list[Problem]:
+        return fixed_ports(dep)
 
-        text = environment().get_template("targets/docker/launch.sh.j2").render(
-            spec=dep.spec, image=image(dep), command=shlex.join(docker_command(dep, plan, backend)))
-        return {"launch.sh": text}
+    def launch(self, dep: Deployment, plan: Plan, backend: Backend) -> Launch:
+        image = container_image(dep, backend)
+        ranks = backend.server_ranks(dep, plan, container_command(dep, REPOSITORY_MOUNT))
+        command = docker_command(dep, plan, image, ranks)
+        script = LaunchFile(LAUNCH_FILE, "targets/docker/launch.sh.j2",
+                            {"spec": dep.spec, "image": image, "command": shlex.join(command)}, executable=True)
+        step = Step("launch", f"run {image} with the repository mounted read-only", tuple(command),
+                    where="target host")
+        return Launch(step, (script,), tuple(map(tuple, ranks)), dep.spec.server)
 
-    def launch_step(self, dep: Deployment, plan: Plan, backend: Backend) -> Step:
-        return Step("launch", f"run {image(dep)} with the repository mounted read-only",
-                    tuple(docker_command(dep, plan, backend)), where="target host")
-
-    def run(self, dep: Deployment, plan: Plan, backend: Backend) -> None:
+    def run(self, dep: Deployment, plan: Plan, backend: Backend, launch: Launch) -> None:
         raise user_error("target", "action=serve with target=docker is not available here (no Docker engine)",
-                         f"run {dep.paths.output_dir}/launch.sh on a GPU host with Docker")
+                         f"run {dep.paths.output_dir}/{LAUNCH_FILE} on a GPU host with Docker")
 
 
 TARGET = DockerTarget()

@@ -14,14 +14,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from launcher.backends.base import Backend, Plan, Step
+from launcher.backends.base import Backend
 from launcher.deployment import Deployment
-from launcher.errors import user_error
-from launcher.targets.docker import ContainerTargetSpec, bind_all_interfaces, fixed_ports, image
+from launcher.errors import Problem, user_error
+from launcher.plan import Launch, LaunchFile, Plan, Step
+from launcher.sizing import GIB, memory_estimate
+from launcher.spec import ContainerTargetSpec
+from launcher.targets.common import container_command, container_image, fixed_ports, mpirun
 
 MANIFESTS = "k8s.yaml"
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-GIB = 1024**3
 HOST_OVERHEAD_GIB = 4  # Triton, the Python-backend stubs and the tokenizer, beside the weights
 
 
@@ -45,18 +47,28 @@ class K8sTargetSpec(ContainerTargetSpec):
 
 def resource_name(dep: Deployment) -> str:
     """``name`` as a DNS-1123 label (what Kubernetes accepts as a Deployment and Service name)."""
-    name = re.sub(r"[^a-z0-9-]+", "-", dep.spec.name.lower()).strip("-")[:63].rstrip("-")
-    if not name:
-        raise user_error("name", f"'{dep.spec.name}' leaves no letter or digit for a Kubernetes name",
-                         "set name=<letters, digits and '-'>")
-    return name
+    return re.sub(r"[^a-z0-9-]+", "-", dep.spec.name.lower()).strip("-")[:63].rstrip("-")
+
+
+def problems(dep: Deployment) -> list[Problem]:
+    spec, target = dep.spec, dep.spec.target
+    found = fixed_ports(dep)
+    if spec.hardware.nodes > 1:
+        found.append(Problem("hardware", f"target=k8s writes one Deployment whose pod runs on one node; "
+                             f"hardware={spec.hardware.name} spans {spec.hardware.nodes} nodes",
+                             "use target=slurm for multi-node serving, or a one-node hardware entry"))
+    if not DNS_LABEL.fullmatch(target.namespace) or len(target.namespace) > 63:
+        found.append(Problem("target.namespace", f"'{target.namespace}' is not a Kubernetes namespace name",
+                             "use lower-case letters, digits and '-' (at most 63)"))
+    if not resource_name(dep):
+        found.append(Problem("name", f"'{spec.name}' leaves no letter or digit for a Kubernetes name",
+                             "set name=<letters, digits and '-'>"))
+    return found
 
 
 def resources(dep: Deployment) -> dict[str, Any]:
     """Requests from the spec: the node's GPUs, 2 CPUs per GPU (or per model instance on CPU), and host
     memory for the weights this pod loads (KV cache too on CPU) plus the server's own overhead."""
-    from launcher.validate import memory_estimate
-
     hw = dep.spec.hardware
     estimate = memory_estimate(dep) if dep.arch is not None else {"weights": 0.0, "total": 0.0}
     held = estimate["weights"] * hw.gpus_per_node if hw.gpu else estimate["total"]
@@ -81,26 +93,17 @@ def volumes(dep: Deployment, plan: Plan) -> tuple[list[dict[str, Any]], list[dic
     return pod_volumes, mounts
 
 
-def manifests(dep: Deployment, plan: Plan, backend: Backend) -> list[dict[str, Any]]:
-    spec, target, server = dep.spec, dep.spec.target, dep.spec.server
-    if spec.hardware.nodes > 1:
-        raise user_error("hardware", f"target=k8s writes one Deployment whose pod runs on one node; "
-                         f"hardware={spec.hardware.name} spans {spec.hardware.nodes} nodes",
-                         "use target=slurm for multi-node serving, or a one-node hardware entry")
-    if not DNS_LABEL.fullmatch(target.namespace) or len(target.namespace) > 63:
-        raise user_error("target.namespace", f"'{target.namespace}' is not a Kubernetes namespace name",
-                         "use lower-case letters, digits and '-' (at most 63)")
-    fixed_ports(dep)
+def manifests(dep: Deployment, plan: Plan, image: str, command: list[str]) -> list[dict[str, Any]]:
+    target, server = dep.spec.target, dep.spec.server
     name = resource_name(dep)
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "llm-launch"}
-    args = backend.server_args(dep, "tritonserver", str(dep.paths.repository.resolve()))
     pod_volumes, mounts = volumes(dep, plan)
     probe = {"periodSeconds": 10, "timeoutSeconds": 5}
     container = {
         "name": "triton",
-        "image": image(dep),
-        "command": args[:1],
-        "args": bind_all_interfaces(args[1:], server.host),
+        "image": image,
+        "command": command[:1],
+        "args": command[1:],
         "ports": [{"name": "http", "containerPort": server.http_port},
                   {"name": "grpc", "containerPort": server.grpc_port},
                   {"name": "metrics", "containerPort": server.metrics_port}],
@@ -154,7 +157,7 @@ def validate(dep: Deployment, manifest: dict[str, Any]) -> None:
                          ) from None
 
 
-def manifests_yaml(dep: Deployment, plan: Plan, backend: Backend) -> str:
+def manifests_yaml(dep: Deployment, plan: Plan, image: str, command: list[str]) -> str:
     """The validated manifests as YAML documents (shared label maps written out, not as anchors)."""
     import yaml
 
@@ -162,7 +165,7 @@ def manifests_yaml(dep: Deployment, plan: Plan, backend: Backend) -> str:
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
-    documents = manifests(dep, plan, backend)
+    documents = manifests(dep, plan, image, command)
     for manifest in documents:
         validate(dep, manifest)
     return yaml.dump_all(documents, Dumper=Dumper, sort_keys=False)
@@ -172,15 +175,20 @@ class K8sTarget:
     name = "k8s"
     spec_class = K8sTargetSpec
 
-    def launch_files(self, dep: Deployment, plan: Plan, backend: Backend) -> dict[str, str]:
-        return {MANIFESTS: manifests_yaml(dep, plan, backend)}
+    def problems(self, dep: Deployment, backend: Backend) -> list[Problem]:
+        return problems(dep)
 
-    def launch_step(self, dep: Deployment, plan: Plan, backend: Backend) -> Step:
-        return Step("launch", f"copy the repository and the export onto PVC {dep.spec.target.repository_pvc} "
+    def launch(self, dep: Deployment, plan: Plan, backend: Backend) -> Launch:
+        image = container_image(dep, backend)
+        ranks = backend.server_ranks(dep, plan, container_command(dep, str(dep.paths.repository.resolve())))
+        command = mpirun(ranks)
+        manifest = LaunchFile(MANIFESTS, text=manifests_yaml(dep, plan, image, command))
+        step = Step("launch", f"copy the repository and the export onto PVC {dep.spec.target.repository_pvc} "
                     "at their own paths, then apply the manifests",
                     ("kubectl", "apply", "-f", str(dep.paths.output_dir.resolve() / MANIFESTS)), where="cluster")
+        return Launch(step, (manifest,), tuple(map(tuple, ranks)), dep.spec.server)
 
-    def run(self, dep: Deployment, plan: Plan, backend: Backend) -> None:
+    def run(self, dep: Deployment, plan: Plan, backend: Backend, launch: Launch) -> None:
         raise user_error("target", "action=serve with target=k8s is not available here",
                          f"kubectl apply -f {dep.paths.output_dir}/{MANIFESTS}")
 

@@ -4,87 +4,80 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from launcher.backends.base import Backend, Plan, Step
+from launcher.backends.base import Backend
 from launcher.deployment import Deployment
-from launcher.spec import TargetSpec
+from launcher.errors import Problem
+from launcher.plan import Launch, LaunchFile, Plan, Step
+from launcher.server import resolve_ports
+from launcher.spec import Action, HostTritonSpec
+from launcher.targets.common import (
+    host_backend_files,
+    host_command,
+    host_serving_problems,
+    mpirun,
+    serving_environment,
+)
+
+LAUNCH_FILE = "launch.sh"
 
 
 @dataclass
-class LocalTargetSpec(TargetSpec):
+class LocalTargetSpec(HostTritonSpec):
     name: str = "local"
-    tritonserver: str | None = None  # None: the binary shipped in the nvidia-pytriton wheel
-    # When this Python has numpy >= 2 (which the Triton 2.51 stub cannot take), build an overlay
-    # environment with numpy < 2 in the cache (DESIGN section 10); from wheel_dir on offline hosts.
-    prepare_serving_env: bool = True
-    wheel_dir: str | None = None
 
 
-def serving_environment(dep: Deployment, build: bool = True) -> dict[str, str]:
-    """The server's environment, with the Python that runs model.py (numpy < 2) first on PATH;
-    ``build=False`` (render) only names an overlay environment that serving will build."""
-    from launcher.serving_env import serving_python
-    from launcher.triton import find_triton, require_numpy_below_2
+def hardware_present(dep: Deployment) -> list[Problem]:
+    """Serving here must run on hardware this machine has."""
+    hw = dep.spec.hardware
+    if dep.spec.action not in (Action.serve, Action.smoke) or hw.gpu is None:
+        return []
+    from launcher.gpu import detect_gpus
 
-    target = dep.spec.target
-    if build and not getattr(target, "prepare_serving_env", False):
-        require_numpy_below_2()
-    python = serving_python(dep.cache_root, getattr(target, "wheel_dir", None), build)
-    return find_triton(target.tritonserver).environment(python)
-
-
-def local_backend_files(dep: Deployment, backend: Backend) -> dict[str, Path]:
-    """What ``<output_dir>/backends/`` holds for the wheel's server: the Python backend + the backend's own."""
-    from launcher.triton import backend_files, find_triton
-
-    triton = find_triton(dep.spec.target.tritonserver)
-    if triton.root is None:
-        return {}
-    files = {**backend_files(triton.root), **backend.backend_files(dep)}
-    return {f"{dep.paths.backends.name}/{relative}": source for relative, source in files.items()}
-
-
-def server_command(dep: Deployment, backend: Backend) -> list[str]:
-    """The server's argv; the wheel's server gets the backend directory rendered beside the repository."""
-    from launcher.triton import find_triton
-
-    triton = find_triton(dep.spec.target.tritonserver)
-    command = backend.server_args(dep, str(triton.binary), str(dep.paths.repository.resolve()))
-    if triton.root is not None:
-        command.append(f"--backend-directory={dep.paths.backends.resolve()}")
-    if dep.spec.hardware.gpu is None:
-        command += ["--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0"]
-    return command
+    found = detect_gpus()
+    if len(found) < max(hw.gpus_per_node, 1) or hw.nodes > 1:
+        have = ", ".join(f"{g.name} (cc {g.compute_capability})" for g in found) or "no GPU"
+        return [Problem("hardware", f"{hw.name} needs {hw.gpus_per_node} x {hw.gpu} on {hw.nodes} node(s); "
+                        f"this machine has {have}", "serve with hardware=cpu here, or use a cluster target")]
+    low = [g for g in found if g.compute_capability + 1e-6 < hw.compute_capability]
+    if low:
+        return [Problem("hardware", f"{hw.name} assumes compute capability {hw.compute_capability}; found "
+                        f"{low[0].name} with {low[0].compute_capability}", "pick the hardware entry you have")]
+    return []
 
 
 class LocalTarget:
     name = "local"
     spec_class = LocalTargetSpec
 
-    def launch_files(self, dep: Deployment, plan: Plan, backend: Backend) -> dict[str, str | Path]:
-        from launcher.render import environment
+    def problems(self, dep: Deployment, backend: Backend) -> list[Problem]:
+        return hardware_present(dep) + host_serving_problems(dep, backend)
 
-        text = environment().get_template("targets/local/launch.sh.j2").render(
-            spec=dep.spec, command=shlex.join(server_command(dep, backend)),
-            env=serving_environment(dep, build=False))
-        return {"launch.sh": text, **local_backend_files(dep, backend)}
+    def launch(self, dep: Deployment, plan: Plan, backend: Backend) -> Launch:
+        """Serving picks the free ports (``0``) now, so the launch file and the server agree."""
+        server = dep.spec.server
+        if dep.spec.action in (Action.serve, Action.smoke):
+            server = resolve_ports(server)
+        ports = (str(server.http_port), str(server.grpc_port), str(server.metrics_port))
+        ranks = backend.server_ranks(dep, plan, host_command(dep, server.host, ports))
+        command = mpirun(ranks)
+        env = serving_environment(dep, build=False)
+        script = LaunchFile(LAUNCH_FILE, "targets/local/launch.sh.j2",
+                            {"spec": dep.spec, "command": shlex.join(command), "env": env}, executable=True)
+        step = Step("launch", f"start tritonserver locally, log to {dep.paths.server_log}", tuple(command))
+        return Launch(step, (script, *host_backend_files(dep, backend)), tuple(map(tuple, ranks)), server, env)
 
-    def launch_step(self, dep: Deployment, plan: Plan, backend: Backend) -> Step:
-        return Step("launch", f"start tritonserver locally, log to {dep.paths.server_log}",
-                    tuple(server_command(dep, backend)))
-
-    def run(self, dep: Deployment, plan: Plan, backend: Backend) -> None:
+    def run(self, dep: Deployment, plan: Plan, backend: Backend, launch: Launch) -> None:
         """Start the rendered deployment (its backends/ directory came with the render)."""
         from launcher.serve import serve, smoke_prompt
-        from launcher.server import TritonProcess, resolve_ports
+        from launcher.server import TritonProcess
         from launcher.triton import find_triton, require_triton
 
         require_triton(find_triton(dep.spec.target.tritonserver))
-        env = serving_environment(dep)
-        dep = replace(dep, spec=replace(dep.spec, server=resolve_ports(dep.spec.server)))
-        prompt = smoke_prompt(dep, plan, backend)
-        serve(dep, TritonProcess(server_command(dep, backend), env, dep.paths.server_log), prompt)
+        env = serving_environment(dep, build=True)
+        dep = replace(dep, spec=replace(dep.spec, server=launch.server))
+        serve(dep, TritonProcess(list(launch.step.command), env, dep.paths.server_log),
+              smoke_prompt(dep, plan, backend))
 
 
 TARGET = LocalTarget()

@@ -3,9 +3,9 @@ ready and keeps serving; ``action=serve|smoke`` submits it, follows the job and 
 
 Without ``target.container_image`` the job starts this machine's ``tritonserver`` exactly as the local
 target does (same command, environment and backend directory; the output directory must be on a
-filesystem the nodes share). With it, pyxis runs NVIDIA's container with the repository and the
-export mounted read-only at their own paths. Ranks: a backend whose plan has ``ranks > 1`` gets one
-``srun`` task per GPU rank; an ``mpirun`` command starts its own ranks inside the allocation.
+filesystem the nodes share). With it, pyxis runs that container with the repository and the export
+mounted read-only at their own paths. Several ranks (the backend's per-rank argv) are one ``srun`` task
+per GPU rank, each running its own line of ``ranks.sh`` (selected by ``SLURM_PROCID``).
 """
 
 from __future__ import annotations
@@ -18,14 +18,23 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from launcher.backends.base import Backend, Plan, Step
+from launcher.backends.base import Backend
 from launcher.deployment import Deployment
-from launcher.errors import LauncherError, user_error
+from launcher.errors import LauncherError, Problem, user_error
+from launcher.plan import Launch, LaunchFile, Plan, ServerCommand, Step
 from launcher.server import PORT_KEYS, log_tail, sigterm_as_interrupt
-from launcher.spec import Action, ServerSpec, TargetSpec
-from launcher.targets.docker import bind_all_interfaces
+from launcher.spec import Action, HostTritonSpec, ServerSpec
+from launcher.targets.common import (
+    ALL_INTERFACES,
+    host_backend_files,
+    host_command,
+    host_serving_problems,
+    serving_environment,
+    shell_join,
+)
 
 JOB_FILE = "job.sbatch"
+RANKS_FILE = "ranks.sh"
 POLL_S = 0.25
 # the job prints these lines (templates/targets/slurm/job.sbatch.j2); the launcher reads them back
 ADDRESS_LINE = re.compile(r"^llm-launch: job=\S+ node=(\S+) http_port=(\d+) grpc_port=(\d+) metrics_port=(\d+)$",
@@ -37,17 +46,17 @@ PICK_PORTS = ('import socket,sys;s=[socket.socket() for _ in sys.argv[1:]];[x.bi
 PROBE = "import sys,urllib.request;urllib.request.urlopen(sys.argv[1],timeout=2)"
 ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
          "TIMEOUT", "GONE")
+PORT_VARIABLES = PORT_KEYS  # the job script's shell variables holding the ports it picked
 
 
 @dataclass
-class SlurmTargetSpec(TargetSpec):
+class SlurmTargetSpec(HostTritonSpec):
     name: str = "slurm"
     partition: str | None = None
     account: str | None = None
     time: str = "04:00:00"  # the job's time limit (sbatch --time)
     container_image: str | None = None  # pyxis/enroot image, e.g. nvcr.io#nvidia/tritonserver:25.01-py3; None: local
     container_mounts: list[str] = field(default_factory=list)  # more pyxis mounts (SRC:DST[:ro])
-    tritonserver: str | None = None  # without a container: None = the binary shipped in the nvidia-pytriton wheel
     sbatch_args: list[str] = field(default_factory=list)  # more #SBATCH options, e.g. ["--qos=high"]
     queue_timeout_s: float = 600.0  # serve/smoke: how long the job may wait to start before it is cancelled
 
@@ -67,68 +76,72 @@ def directives(dep: Deployment) -> list[tuple[str, str]]:
     if hw.gpu:
         options.append(("--gpus-per-node", str(hw.gpus_per_node)))
     options += [(f"--{key}", value) for key in ("partition", "account") if (value := getattr(target, key))]
-    bad = next((key for key, value in options if "\n" in value or "\r" in value), None)
-    if bad is not None:
-        key = {"--job-name": "name", "--output": "output_dir"}.get(bad, f"target.{bad[2:]}")
-        raise user_error(key, "contains a line break, which an #SBATCH line cannot carry", "remove it")
     return options
 
 
-def container_mounts(dep: Deployment, plan: Plan) -> str:
-    """pyxis ``--container-mounts``: repository and export read-only at their own paths, then the user's."""
-    own = [dep.paths.repository.resolve(), plan.export.directory.expanduser().resolve()]
-    bad = next((p for p in own if "," in str(p) or ":" in str(p)), None)
+def problems(dep: Deployment, backend: Backend) -> list[Problem]:
+    spec = dep.spec
+    found = []
+    bad = next((key for key, value in directives(dep) if "\n" in value or "\r" in value), None)
     if bad is not None:
-        raise user_error("output_dir" if bad == own[0] else "cache_dir", f"'{bad}' holds ',' or ':', which "
-                         "pyxis --container-mounts cannot carry", "use a path without them")
+        key = {"--job-name": "name", "--output": "output_dir"}.get(bad, f"target.{bad[2:]}")
+        found.append(Problem(key, "contains a line break, which an #SBATCH line cannot carry", "remove it"))
+    if spec.target.container_image:
+        own = {"output_dir": dep.paths.output_dir.resolve(), "cache_dir": dep.cache_root.expanduser().resolve()}
+        found += [Problem(key, f"'{path}' holds ',' or ':', which pyxis --container-mounts cannot carry",
+                          "use a path without them") for key, path in own.items() if {",", ":"} & set(str(path))]
+    else:
+        found += host_serving_problems(dep, backend)
+    return found
+
+
+def container_mounts(dep: Deployment, plan: Plan, ranks_file: Path | None) -> str:
+    """pyxis ``--container-mounts``: repository, export (and the ranks script) read-only at their own
+    paths, then the user's."""
+    own = [dep.paths.repository.resolve(), plan.export.directory.expanduser().resolve()]
+    own += [ranks_file] if ranks_file else []
     return ",".join([*(f"{p}:{p}:ro" for p in own), *dep.spec.target.container_mounts])
 
 
-def server_command(dep: Deployment, plan: Plan, backend: Backend) -> list[str]:
-    """What starts the server on the node, listening on every interface: ``srun`` with one task per
-    rank (and pyxis options) where needed, else the command itself, as the local target runs it."""
-    from launcher.targets.local import server_command as local_command
+def server_command(dep: Deployment) -> ServerCommand:
+    """Where each rank's server listens: every interface of its node, on the ports the job picked."""
+    ports = tuple(f"${{{key}}}" for key in PORT_VARIABLES)
+    if dep.spec.target.container_image:
+        return ServerCommand("tritonserver", str(dep.paths.repository.resolve()), ALL_INTERFACES, *ports)
+    return host_command(dep, ALL_INTERFACES, ports)
 
+
+def job_command(dep: Deployment, plan: Plan, ranks: list[list[str]]) -> list[str]:
+    """What the job runs: the one server (through ``srun`` for a container), or one ``srun`` task per rank
+    (PMIx, as TensorRT-LLM's MPI expects), each running its line of ``ranks.sh``."""
     target, hw = dep.spec.target, dep.spec.hardware
-    if target.container_image:
-        command = backend.server_args(dep, "tritonserver", str(dep.paths.repository.resolve()))
-        container = [f"--container-image={target.container_image}",
-                     f"--container-mounts={container_mounts(dep, plan)}"]
-    else:
-        command, container = local_command(dep, backend), []
-    srun: list[str] = []
-    if container and plan.ranks == 1 and hw.nodes > 1:
+    ranks_file = dep.paths.output_dir.resolve() / RANKS_FILE if len(ranks) > 1 else None
+    if target.container_image and ranks_file is None and hw.nodes > 1:
         raise user_error("target.container_image", f"one container process cannot span the {hw.nodes} nodes of "
                          f"hardware={hw.name} (backend {dep.spec.backend.name} starts one server process here)",
                          "use one node, a backend that runs one rank per GPU, or no container")
-    if plan.ranks > 1:
-        per_node = min(plan.ranks, max(hw.gpus_per_node, 1))
-        srun = ["srun", f"--ntasks={plan.ranks}", f"--ntasks-per-node={per_node}", "--mpi=pmix", *container]
-    elif container:
-        srun = ["srun", "--ntasks=1", *container]
-    return [*srun, *bind_all_interfaces(command, dep.spec.server.host)]
+    container = ([f"--container-image={target.container_image}",
+                  f"--container-mounts={container_mounts(dep, plan, ranks_file)}"] if target.container_image else [])
+    if ranks_file is None:
+        return ["srun", "--ntasks=1", *container, *ranks[0]] if container else ranks[0]
+    per_node = min(len(ranks), max(hw.gpus_per_node, 1))
+    return ["srun", f"--ntasks={len(ranks)}", f"--ntasks-per-node={per_node}", "--mpi=pmix", *container,
+            "bash", str(ranks_file)]
 
 
-def shell_words(args: list[str], server: ServerSpec) -> str:
-    """``shlex.join``, except that each port flag takes its value from the job's shell variable."""
-    ports = {}
-    for key in PORT_KEYS:
-        flag = "--" + key.replace("_", "-")
-        ports[f"{flag}={getattr(server, key)}"] = f'{flag}="${{{key}}}"'
-    return " ".join(ports.get(arg, shlex.quote(arg)) for arg in args)
-
-
-def job_script(dep: Deployment, plan: Plan, backend: Backend) -> str:
-    from launcher.render import environment
-    from launcher.targets.local import serving_environment
-
+def launch_files(dep: Deployment, plan: Plan, backend: Backend, ranks: list[list[str]]) -> tuple[LaunchFile, ...]:
     spec = dep.spec
     env = {} if spec.target.container_image else serving_environment(dep, build=False)
-    return environment().get_template("targets/slurm/job.sbatch.j2").render(
-        spec=spec, directives=directives(dep), sbatch_args=spec.target.sbatch_args, env=env,
-        ports=" ".join(str(getattr(spec.server, key)) for key in PORT_KEYS), pick_ports=PICK_PORTS,
-        probe=PROBE, timeout=int(spec.server.start_timeout_s),
-        command=shell_words(server_command(dep, plan, backend), spec.server))
+    job = LaunchFile(JOB_FILE, "targets/slurm/job.sbatch.j2", {
+        "spec": spec, "directives": directives(dep), "sbatch_args": spec.target.sbatch_args, "env": env,
+        "ports": " ".join(str(getattr(spec.server, key)) for key in PORT_KEYS), "pick_ports": PICK_PORTS,
+        "probe": PROBE, "timeout": int(spec.server.start_timeout_s),
+        "command": shell_join(job_command(dep, plan, ranks), PORT_VARIABLES)}, executable=True)
+    files = [job]
+    if len(ranks) > 1:
+        files.append(LaunchFile(RANKS_FILE, "targets/slurm/ranks.sh.j2", {
+            "spec": spec, "ranks": [shell_join(argv, PORT_VARIABLES) for argv in ranks]}, executable=True))
+    return (*files, *([] if spec.target.container_image else host_backend_files(dep, backend)))
 
 
 # ----------------------------------------------------------------------------------------- the job
@@ -225,17 +238,16 @@ class SlurmTarget:
     name = "slurm"
     spec_class = SlurmTargetSpec
 
-    def launch_files(self, dep: Deployment, plan: Plan, backend: Backend) -> dict[str, str | Path]:
-        from launcher.targets.local import local_backend_files
+    def problems(self, dep: Deployment, backend: Backend) -> list[Problem]:
+        return problems(dep, backend)
 
-        backends = {} if dep.spec.target.container_image else local_backend_files(dep, backend)
-        return {JOB_FILE: job_script(dep, plan, backend), **backends}
-
-    def launch_step(self, dep: Deployment, plan: Plan, backend: Backend) -> Step:
-        return Step("launch", f"submit the Slurm job; it logs to {job_log(dep)}",
+    def launch(self, dep: Deployment, plan: Plan, backend: Backend) -> Launch:
+        ranks = backend.server_ranks(dep, plan, server_command(dep))
+        step = Step("launch", f"submit the Slurm job; it logs to {job_log(dep)}",
                     ("sbatch", str(dep.paths.output_dir.resolve() / JOB_FILE)), where="cluster")
+        return Launch(step, launch_files(dep, plan, backend, ranks), tuple(map(tuple, ranks)), dep.spec.server)
 
-    def run(self, dep: Deployment, plan: Plan, backend: Backend) -> None:
+    def run(self, dep: Deployment, plan: Plan, backend: Backend, launch: Launch) -> None:
         """Submit, wait until the job runs and its server is ready, smoke it; cancel it on any failure."""
         from launcher import report
         from launcher.serve import smoke, smoke_prompt
@@ -243,11 +255,10 @@ class SlurmTarget:
         spec = dep.spec
         require_slurm()
         if not spec.target.container_image:
-            from launcher.targets.local import serving_environment
             from launcher.triton import find_triton, require_triton
 
             require_triton(find_triton(spec.target.tritonserver))
-            serving_environment(dep)  # builds the numpy<2 overlay the job script names, where one is needed
+            serving_environment(dep, build=True)  # builds the numpy<2 overlay the job script names, if needed
         started = time.monotonic()
         job = submit(dep)
         report.say(f"submitted Slurm job {job.id}; log {job.log}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shlex
@@ -12,12 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.backends import get_backend
-from launcher.deployment import resolve
 from launcher.errors import LauncherError
-from launcher.pipeline import typed_spec
-from launcher.targets import slurm
-from tests.conftest import compose_spec
 from tests.repository import mpirun_segments
 
 SHELLCHECK = str(Path(sys.executable).parent / "shellcheck")
@@ -84,18 +78,26 @@ def test_docker_command_for_two_nodes_of_eight_gpus(run_deploy, tmp_path: Path) 
     assert all("--http-address=0.0.0.0" in rank for rank in ranks)
 
 
-def test_sbatch_for_two_nodes_of_eight_gpus_starts_one_rank_per_gpu(tmp_path: Path) -> None:
+def rank_argv(script: Path, rank: int, tmp_path: Path) -> list[str]:
+    """The argv ``ranks.sh`` starts for ``rank`` (``exec`` replaced by a tool printing it), with the ports
+    the job script would have exported."""
+    dump = fake_tool(tmp_path / "bin", "argv-dump") / "argv-dump"
+    done = subprocess.run(["bash", "-c", f'exec() {{ {shlex.quote(str(dump))} "$@"; }}; source "$0"', str(script)],
+                          capture_output=True, text=True, timeout=60, check=True,
+                          env={"PATH": "/usr/bin:/bin", "SLURM_PROCID": str(rank), "http_port": "9000",
+                               "grpc_port": "9001", "metrics_port": "9002"})
+    return json.loads(done.stdout)
+
+
+def test_sbatch_for_two_nodes_of_eight_gpus_starts_one_rank_per_gpu(run_deploy, tmp_path: Path) -> None:
     out_dir = tmp_path / HOSTILE_DIR
-    cfg = compose_spec([*TRTLLM_2X8, "target=slurm", f"target.container_image={quoted(IMAGE)}",
-                        "target.container_mounts=[/scratch:/scratch]", "target.partition=gpu",
-                        "target.account=llm team", f"output_dir={quoted(str(out_dir))}",
-                        f"cache_dir={tmp_path / 'cache'}", "action=render"])
-    dep = resolve(typed_spec(cfg))
-    backend = get_backend("trtllm")
-    plan = dataclasses.replace(backend.plan(dep), ranks=16)  # llmapi on Slurm: one srun task per rank
-    script = tmp_path / "job.sbatch"
-    script.write_text(slurm.job_script(dep, plan, backend))
+    out = Path(run_deploy(*TRTLLM_2X8, "target=slurm", f"target.container_image={quoted(IMAGE)}",
+                          "target.container_mounts=[/scratch:/scratch]", "target.partition=gpu",
+                          "target.account=llm team", f"output_dir={quoted(str(out_dir))}",
+                          "action=render").output_dir)
+    script, ranks_file = out / "job.sbatch", out / "ranks.sh"
     shellcheck(script, hostile=True)
+    shellcheck(ranks_file, hostile=True)
     text = script.read_text()
     for directive in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu",
                       "--account='llm team'"):
@@ -105,33 +107,44 @@ def test_sbatch_for_two_nodes_of_eight_gpus_starts_one_rank_per_gpu(tmp_path: Pa
     argv = argv_from_script(script, "srun", tmp_path)
     assert not (tmp_path / "pwned").exists()
     repository = f"{out_dir}/model_repository"
-    export = str(plan.export.directory)
     assert argv[:4] == ["--ntasks=16", "--ntasks-per-node=8", "--mpi=pmix", f"--container-image={IMAGE}"]
-    assert argv[4] == f"--container-mounts={repository}:{repository}:ro,{export}:{export}:ro,/scratch:/scratch"
-    assert argv[5:7] == ["trtllm-llmapi-launch", "tritonserver"]
-    assert f"--model-repository={repository}" in argv
-    assert {"--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--http-address=0.0.0.0"} <= set(argv)
+    mounts = argv[4].removeprefix("--container-mounts=").split(",")
+    assert mounts[0] == f"{repository}:{repository}:ro"
+    assert mounts[1] == "/models/Meta-Llama-3-70B-Instruct:/models/Meta-Llama-3-70B-Instruct:ro"  # llmapi's export
+    assert mounts[2:] == [f"{ranks_file}:{ranks_file}:ro", "/scratch:/scratch"]
+    assert argv[5:] == ["bash", str(ranks_file)]
+    ranks = [rank_argv(ranks_file, rank, tmp_path) for rank in range(16)]
+    assert not (tmp_path / "pwned").exists()
+    assert all(rank[:2] == ["trtllm-llmapi-launch", "tritonserver"] for rank in ranks)
+    assert all(f"--model-repository={repository}" in rank for rank in ranks)
+    assert all({"--http-port=9000", "--grpc-port=9001", "--metrics-port=9002", "--http-address=0.0.0.0"} <= set(rank)
+               for rank in ranks)  # every rank listens on the ports the job picked, on every interface
+    assert [rank[-1] for rank in ranks] == [f"--backend-config=python,shm-region-prefix-name=prefix{r}_"
+                                            for r in range(16)]
 
 
-def test_sbatch_engine_runtime_runs_mpirun_with_a_rank_per_gpu(run_deploy, tmp_path: Path, monkeypatch) -> None:
-    bin_dir = fake_tool(tmp_path / "bin", "mpirun")
+def test_sbatch_engine_runtime_runs_one_srun_task_per_rank(run_deploy, tmp_path: Path, monkeypatch) -> None:
+    bin_dir = fake_tool(tmp_path / "bin", "srun")
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")  # the job exports the PATH it was rendered with
     out = Path(run_deploy(*TRTLLM_2X8, "backend.runtime=engine", "target=slurm", "server.http_port=0",
                           "action=render").output_dir)
     shellcheck(out / "job.sbatch")
-    argv = argv_from_script(out / "job.sbatch", "mpirun", tmp_path)
-    ranks = mpirun_segments(["mpirun", *argv])
-    assert len(ranks) == 16
-    assert all(rank[:2] == ["-n", "1"] and Path(rank[2]).name == "tritonserver" for rank in ranks)
-    assert f"--backend-directory={out}/backends" in argv  # as the local target runs it
-    http = {word for rank in ranks for word in rank if word.startswith("--http-port=")}
-    assert len(http) == 1 and http != {"--http-port=0"}  # 0: the job picked one free port for every rank
+    shellcheck(out / "ranks.sh")
+    argv = argv_from_script(out / "job.sbatch", "srun", tmp_path)
+    assert argv == ["--ntasks=16", "--ntasks-per-node=8", "--mpi=pmix", "bash", str(out / "ranks.sh")]
+    ranks = [rank_argv(out / "ranks.sh", rank, tmp_path) for rank in range(16)]
+    assert all(Path(rank[0]).name == "tritonserver" for rank in ranks)
+    assert all(f"--backend-directory={out}/backends" in rank for rank in ranks)  # rank 0 too, as locally
+    assert "--load-model=tensorrt_llm" not in ranks[0] and all("--load-model=tensorrt_llm" in r for r in ranks[1:])
+    assert {word for rank in ranks for word in rank if word.startswith("--http-port=")} == {"--http-port=9000"}
+    assert '"--http-port=${http_port}"' in (out / "ranks.sh").read_text()  # the job's variable, expanded per rank
 
 
 def test_one_container_process_cannot_span_nodes(run_deploy) -> None:
     with pytest.raises(LauncherError, match=r"^target.container_image: one container process cannot span the 2"):
-        run_deploy(*TRTLLM_2X8, "backend.runtime=engine", "target=slurm", f"target.container_image={quoted(IMAGE)}",
-                   "action=render")
+        run_deploy("model=llama3-70b", "backend=vllm", "hardware=h100x8n2", "backend.tensor_parallel=8",
+                   "backend.pipeline_parallel=2", "precision=bf16", "target=slurm",
+                   f"target.container_image={quoted(IMAGE)}", "action=render")
 
 
 def test_sbatch_line_break_in_a_directive_is_refused(run_deploy) -> None:
@@ -151,6 +164,9 @@ def test_sbatch_line_break_in_a_directive_is_refused(run_deploy) -> None:
 ], ids=["local", "docker-vllm", "docker-cpu", "slurm-cpu", "slurm-container", "slurm-trtllm-2x8"])
 def test_every_rendered_script_passes_shellcheck(run_deploy, tmp_path: Path, overrides: tuple[str, ...]) -> None:
     out = Path(run_deploy(*overrides, "action=render").output_dir)
-    scripts = [p for p in out.iterdir() if p.suffix in (".sh", ".sbatch")]
-    assert len(scripts) == 1
-    shellcheck(scripts[0])
+    scripts = sorted(p.name for p in out.iterdir() if p.suffix in (".sh", ".sbatch"))
+    several_ranks = overrides[-1] == TRTLLM_2X8[-1]
+    assert scripts == (["job.sbatch", "ranks.sh"] if several_ranks else
+                       ["job.sbatch"] if "target=slurm" in overrides else ["launch.sh"])
+    for script in scripts:
+        shellcheck(out / script)

