@@ -28,9 +28,11 @@ main()
 SAME_CONFIG_APP = '''
 import hydra
 from omegaconf import DictConfig
-from launcher.cli import CONF_DIR  # registers the structured configs
+from launcher.registry import CONF_DIR, register_configs
 
-@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+register_configs()  # the structured configs our groups extend
+
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
     pass
 

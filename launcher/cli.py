@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -13,13 +12,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from launcher.errors import USER_ERROR_EXIT, LauncherError
-from launcher.registry import register_configs
+from launcher.registry import CONF_DIR, register_configs
 
 register_configs()
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
-@hydra.main(version_base=None, config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Entry point; in a ``-m`` sweep an invalid combination is recorded, not raised."""
     from launcher.pipeline import deploy

@@ -33,11 +33,13 @@ class Export:
 
 @dataclass(frozen=True)
 class TritonModel:
-    """A model directory to render: ``templates/<template>`` -> ``model_repository/<name>``."""
+    """A model directory to render: ``<templates>/<template>`` -> ``model_repository/<name>``, where
+    ``templates`` is llm-launch's own folder unless the backend brings its own (an out-of-tree plugin)."""
 
     template: str
     name: str
     context: dict[str, Any] = field(default_factory=dict)
+    templates: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,9 @@ def to_yaml(value: object) -> str:
     return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
-def environment() -> jinja2.Environment:
+def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        loader=jinja2.FileSystemLoader(str(templates)),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
@@ -84,13 +84,15 @@ class Writer:
     template it used, for ``lock.json``."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.env = root, environment()
+        self.root = root
+        self.envs: dict[Path, jinja2.Environment] = {}
         self.files: dict[str, str] = {}
         self.templates: dict[str, str] = {}
 
-    def template(self, relative: str, template: str, context: dict[str, Any]) -> None:
-        self.templates[template] = sha256(TEMPLATES / template)
-        text = render_template(self.env, template, context)
+    def template(self, relative: str, template: str, context: dict[str, Any], templates: Path = TEMPLATES) -> None:
+        self.templates[template] = sha256(templates / template)
+        env = self.envs.setdefault(templates, environment(templates))
+        text = render_template(env, template, context)
         if Path(relative).name == "config.pbtxt":
             parse_model_config(text, relative.removeprefix("model_repository/"))
         self.text(relative, text)
@@ -125,14 +127,16 @@ def render_repository(dep: Deployment, plan: Plan, writer: Writer) -> None:
     """Every model of the plan under ``model_repository/``: ``.j2`` files rendered, the rest copied."""
     repository = dep.paths.repository.name
     for model in plan.models:
-        source = TEMPLATES / model.template
+        templates = model.templates or TEMPLATES
+        source = templates / model.template
         context = {"spec": dep.spec, "name": model.name, **model.context}
         for path in sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
             relative = f"{repository}/{model.name}/{path.relative_to(source).as_posix()}"
+            template = path.relative_to(templates).as_posix()
             if path.suffix == ".j2":
-                writer.template(relative.removesuffix(".j2"), path.relative_to(TEMPLATES).as_posix(), context)
+                writer.template(relative.removesuffix(".j2"), template, context, templates)
             else:
-                writer.templates[path.relative_to(TEMPLATES).as_posix()] = sha256(path)
+                writer.templates[template] = sha256(path)
                 writer.copy(relative, path)
 
 

@@ -21,7 +21,7 @@ LLM_LAUNCH = [sys.executable, "-m", "launcher.cli"]
 
 
 def compose_spec(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose(config_name="config", overrides=overrides)
 
 
@@ -54,3 +54,11 @@ def write_hf_config(directory: Path, **overrides: object) -> Path:
     (directory / "config.json").write_text(json.dumps(config))
     (directory / "model.safetensors").write_bytes(b"")
     return directory
+
+
+@pytest.fixture(scope="session")
+def conformance(tmp_path_factory: pytest.TempPathFactory):
+    """The (backend, hardware, target) cases of the conformance suites, each planned and rendered once."""
+    from tests.conformance import Cases
+
+    return Cases(tmp_path_factory.mktemp("conformance"))

@@ -28,3 +28,24 @@ def slurm() -> None:
 @pytest.fixture(scope="session")
 def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_hf(tmp_path_factory.mktemp("tiny") / "hf")
+
+
+@pytest.fixture(scope="session")
+def numpy2_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Python whose numpy is 2 (as on GPU hosts with CUDA torch) and that sees this environment's other
+    packages: a venv holding numpy 2 in its own site-packages, ahead of a ``.pth`` naming ours."""
+    import sys
+    import sysconfig
+
+    env = tmp_path_factory.mktemp("numpy2") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    site = env / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    "--target", str(site), "numpy>=2,<3"], check=True, timeout=300)
+    repo = Path(__file__).resolve().parents[2]
+    (site / "llm_launch_env.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{repo}\n")
+    python = env / "bin" / "python"
+    version = subprocess.run([str(python), "-c", "import numpy; print(numpy.__version__)"], capture_output=True,
+                             text=True, check=True).stdout
+    assert version.startswith("2."), version
+    return python

@@ -4,6 +4,7 @@ a sweep whose combinations run as Slurm jobs through hydra-submitit-launcher."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -124,3 +125,18 @@ def test_sweep_runs_each_combination_as_a_slurm_job(slurm: None, tiny_hf: Path, 
     assert len(results) == 2  # each combination ran as its own Slurm (array) job
     for row in rows:
         assert (Path(row["output_dir"]) / "server.log").is_file()  # each job started its own tritonserver
+
+
+def test_serve_on_a_numpy2_host_builds_the_serving_environment(slurm: None, numpy2_python: Path, tiny_hf: Path,
+                                                                tmp_path: Path) -> None:
+    """With numpy 2 in the launcher's Python, the job runs Triton's stub in the numpy<2 overlay environment
+    the render named (``target.prepare_serving_env``, shared with the local target), and answers."""
+    out = tmp_path / "dep"
+    result = subprocess.run([str(numpy2_python), "-m", "launcher.cli", *tiny(tiny_hf, tmp_path), "target=slurm",
+                             "target.prepare_serving_env=true", f"output_dir={out}", "action=smoke"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, **OFFLINE})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "answer: " in result.stdout and "Slurm job" in result.stdout
+    path = re.search(r"^export PATH=(\S+?)[:\n]", (out / "job.sbatch").read_text(), re.MULTILINE)
+    assert path and Path(path[1]).parent.name.startswith("serving-env-"), path
+    assert Path(path[1]).parent.parent == tmp_path / "cache"
