@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from launcher.errors import USER_ERROR_EXIT, LauncherError
+from launcher.errors import USER_ERROR_EXIT, Interrupted, LauncherError
 from launcher.registry import CONF_DIR, register_configs
 
 register_configs()
@@ -32,10 +32,12 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         with sigterm_as_interrupt():
             outcome = deploy(cfg, tuple(hydra_cfg.overrides.task))
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before serving began; caches and renders clean up
-        print(f"error action: interrupted during {cfg.action.value}; nothing was left half-written "
-              f"(run it again)", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the server stopped, caches and renders cleaned up
+        stopped = err if isinstance(err, Interrupted) else Interrupted("SIGINT")
+        print(f"stopped by {stopped.signal_name} during action={cfg.action.value}"
+              + (f" (while {stopped.stage})" if stopped.stage else "") + "; nothing was left half-written",
+              file=sys.stderr)
+        sys.exit(stopped.exit_status)
     except LauncherError as err:
         if multirun:
             return {"status": "invalid", "problem": str(err.problems[0]), "output_dir": ""}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 USER_ERROR_EXIT = 2
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
 
 
 @dataclass(frozen=True)
@@ -27,3 +28,15 @@ class LauncherError(Exception):
 
 def user_error(key: str, message: str, fix: str = "") -> LauncherError:
     return LauncherError(Problem(key, message, fix))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the run while it was at ``stage``."""
+
+    def __init__(self, signal_name: str = "SIGINT", stage: str = "") -> None:
+        super().__init__(signal_name)
+        self.signal_name, self.stage = signal_name, stage
+
+    @property
+    def exit_status(self) -> int:
+        return SIGNAL_EXIT[self.signal_name]

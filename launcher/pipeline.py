@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 
 from omegaconf import DictConfig
@@ -44,7 +45,8 @@ def typed_spec(cfg: DictConfig) -> DeploySpec:
 
 def spec_yaml(spec: DeploySpec) -> str:
     """``spec.yaml``: the resolved spec behind the defaults header that lets Hydra replay it."""
-    header = REPLAY_HEADER.format(output_dir=spec.output_dir, backend=spec.backend.name, target=spec.target.name)
+    header = REPLAY_HEADER.format(output_dir=shlex.quote(spec.output_dir), backend=spec.backend.name,
+                                  target=spec.target.name)
     return header + to_yaml(spec)
 
 
@@ -63,7 +65,11 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     outcome.export_dir = str(plan.export.directory)
     if spec.action != Action.render:
         start = time.perf_counter()
-        outcome.export_cached = backend.export(dep, plan)
+        try:
+            outcome.export_cached = backend.export(dep, plan)
+        except OSError as err:  # the export cache could not be written (disk full, read-only, ...)
+            raise user_error("cache_dir", f"cannot write the export into '{dep.cache_root}': {err.strerror}",
+                             "free space or choose another cache_dir; nothing was left half-written") from None
         outcome.export_seconds = time.perf_counter() - start
     if spec.action == Action.export:
         return outcome
@@ -78,6 +84,8 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
 def problems(dep: Deployment) -> list[Problem]:
     """Every problem: the generic rules', the backend's (once the architecture is known) and the target's."""
     backend, target = get_backend(dep.spec.backend.name), get_target(dep.spec.target.name)
+    if found := validate.spec_problems(dep):
+        return found  # the other rules compute with these values
     readers = {name: plugin.checkpoint_formats for name, plugin in BACKENDS.items()}
     found = [*validate.problems(dep), *validate.checkpoint_readable(dep, backend.name, readers)]
     if dep.arch is not None:

@@ -108,7 +108,11 @@ class Writer:
         self.files[relative] = sha256(target)
 
     def target(self, relative: str) -> Path:
-        target = self.root / relative
+        """``root/relative``, refused (a bug, or a hostile name) if it would land outside ``root``."""
+        target = (self.root / relative).resolve()
+        if not target.is_relative_to(self.root.resolve()):
+            raise user_error("output_dir", f"'{relative}' would be written outside the deployment directory",
+                             "use plain names (letters, digits, '_', '.', '-') for names and files")
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
@@ -167,7 +171,10 @@ def lock(dep: Deployment, backend: Backend, writer: Writer) -> dict[str, Any]:
 
 
 def check_output_dir(output_dir: Path) -> None:
-    if output_dir.exists() and not (output_dir / MARKER).is_file():
+    """``output_dir`` is new, empty, or an earlier render (which the new one replaces)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise user_error("output_dir", f"'{output_dir}' is a file", "choose a directory path for output_dir")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not (output_dir / MARKER).is_file():
         raise user_error("output_dir", f"'{output_dir}' exists and was not written by llm-launch",
                          "choose an empty or new output_dir")
 
@@ -176,8 +183,12 @@ def render(dep: Deployment, plan: Plan, launch: Launch, backend: Backend, spec_y
     """Render into a temp dir, validate, then move it into ``output_dir`` in one rename."""
     output_dir = dep.paths.output_dir.resolve()
     check_output_dir(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".tmp", dir=output_dir.parent))
+    except OSError as err:
+        raise user_error("output_dir", f"cannot write under '{output_dir.parent}': {err.strerror}",
+                         "choose an output_dir you can write to") from None
     try:
         writer = Writer(tmp)
         render_repository(dep, plan, writer)
@@ -186,6 +197,10 @@ def render(dep: Deployment, plan: Plan, launch: Launch, backend: Backend, spec_y
         writer.text(MARKER, spec_yaml)
         (tmp / LOCK).write_text(json.dumps(lock(dep, backend, writer), indent=2) + "\n")
         _replace_dir(tmp, output_dir)
+    except OSError as err:  # disk full, a read-only or vanished directory
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise user_error("output_dir", f"cannot write the deployment to '{output_dir}': {err.strerror}",
+                         "free space or choose another output_dir; nothing was written") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

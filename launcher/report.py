@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 
 from launcher.errors import LauncherError
 from launcher.plan import Outcome
@@ -22,22 +23,22 @@ console = Console(soft_wrap=True, highlight=False)
 def print_problems(err: LauncherError) -> None:
     stderr = Console(stderr=True, soft_wrap=True, highlight=False)
     for problem in err.problems:
-        stderr.print(f"[bold red]error[/] {problem}", markup=True, emoji=False)
+        stderr.print(f"[bold red]error[/] {escape(str(problem))}", markup=True, emoji=False)
 
 
 def print_plan(outcome: Outcome) -> None:
     console.print(to_yaml(outcome.spec), markup=False, emoji=False, style="dim")
-    console.print(f"[bold]Plan for {outcome.spec.name}[/] ({len(outcome.steps)} steps)")
+    console.print(f"[bold]Plan for {escape(outcome.spec.name)}[/] ({len(outcome.steps)} steps)", emoji=False)
     for number, step in enumerate(outcome.steps, 1):
         state = " [green](done)[/]" if step.done else ""
-        console.print(f"{number}. [cyan]{step.kind}[/] on {step.where}{state}: {step.description}",
+        console.print(f"{number}. [cyan]{step.kind}[/] on {step.where}{state}: {escape(step.description)}",
                       markup=True, emoji=False)
         if step.command:
             console.print("   $ " + shlex.join(step.command), markup=False, emoji=False)
     if outcome.placement:
         hw = outcome.spec.hardware
-        console.print(f"[bold]GPUs[/] ({len(outcome.placement)} workers on {hw.name}: {hw.nodes} x "
-                      f"{hw.gpus_per_node} {hw.gpu})", markup=True, emoji=False)
+        console.print(f"[bold]GPUs[/] ({len(outcome.placement)} workers on {escape(hw.name)}: {hw.nodes} x "
+                      f"{hw.gpus_per_node} {escape(str(hw.gpu))})", markup=True, emoji=False)
         for where in outcome.placement:
             console.print(f"   node {where.node} GPU {where.gpu}: {where.worker}", markup=False, emoji=False)
 

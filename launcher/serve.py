@@ -5,7 +5,7 @@ from __future__ import annotations
 from launcher import report
 from launcher.backends.base import Backend
 from launcher.deployment import Deployment
-from launcher.errors import user_error
+from launcher.errors import Interrupted
 from launcher.plan import Plan
 from launcher.query import Answer, Options, ask
 from launcher.server import Stop, TritonProcess, sigterm_as_interrupt
@@ -54,6 +54,4 @@ def serve(dep: Deployment, process: TritonProcess, prompt: str) -> None:
     except KeyboardInterrupt as err:
         signal_name = "SIGTERM" if isinstance(err, Stop) else "SIGINT"
         report.print_stopped(signal_name)
-        if stage != "serving":
-            raise user_error("action", f"interrupted by {signal_name} while {stage}; the server was stopped",
-                             f"run llm-launch action={spec.action.value} again") from None
+        raise Interrupted(signal_name, stage) from None

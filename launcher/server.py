@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
-from launcher.errors import LauncherError, Problem, user_error
-from launcher.spec import ServerSpec
+from launcher.errors import Interrupted, LauncherError, Problem, user_error
+from launcher.spec import PORT_KEYS, ServerSpec
 
-PORT_KEYS = ("http_port", "grpc_port", "metrics_port")
 LOG_ERROR_LINES = 5
 LOG_TAIL_LINES = 4
 MAX_LINE = 400
@@ -162,8 +161,11 @@ class TritonProcess:
         self.stop()
 
 
-class Stop(KeyboardInterrupt):
+class Stop(Interrupted):
     """SIGTERM, delivered like Ctrl-C so that the same cleanup runs."""
+
+    def __init__(self) -> None:
+        super().__init__("SIGTERM")
 
 
 @contextlib.contextmanager

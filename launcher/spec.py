@@ -9,7 +9,8 @@ Backends and targets subclass ``BackendSpec``/``TargetSpec``; ``launcher.registr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -151,6 +152,9 @@ class HostTritonSpec(TargetSpec):
     wheel_dir: str | None = None
 
 
+PORT_KEYS = ("http_port", "grpc_port", "metrics_port")
+
+
 @dataclass
 class ServerSpec:
     host: str = "127.0.0.1"
@@ -189,6 +193,25 @@ def to_spec(cfg: DictConfig) -> DeploySpec:
     return spec
 
 
+def plain(value: Any) -> Any:
+    """The spec as plain YAML-able values, every string escaped for OmegaConf: a literal ``${`` (typed as
+    ``\\${`` on the command line) must stay text when Hydra reads ``spec.yaml`` back, not become an
+    interpolation again."""
+    if is_dataclass(value):
+        return {item.name: plain(getattr(value, item.name)) for item in fields(value)}
+    if isinstance(value, dict):
+        return {plain(key): plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, str):  # n backslashes before "${" become 2n + 1: each escaped, then the "${"
+        return re.sub(r"(\\*)\$\{", lambda m: "\\" * (2 * len(m[1]) + 1) + "${", value)
+    return value
+
+
 def to_yaml(spec: DeploySpec) -> str:
-    """The fully resolved spec as YAML (what ``spec.yaml`` holds)."""
-    return OmegaConf.to_yaml(OmegaConf.structured(spec), resolve=True)
+    """The fully resolved spec as YAML (what ``spec.yaml`` holds) that Hydra reads back to the same values."""
+    import yaml
+
+    return yaml.safe_dump(plain(spec), sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000)

@@ -7,14 +7,22 @@ run before anything is written.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import fields
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import fields, is_dataclass
+from enum import Enum
+from typing import Any
 
 from launcher.deployment import Deployment
 from launcher.errors import Problem
 from launcher.sizing import GIB, memory_estimate
+from launcher.spec import PORT_KEYS
 
 Rule = Callable[[Deployment], list[Problem]]
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # Triton's model-name charset, safe as a path component
+MAX_NAME = 128
+BREAKS = re.compile(r"[\n\r\x00]")
+MULTILINE_KEYS = {"smoke.prompt"}
 FORMAT_NAMES = {"hf": "Hugging Face", "gguf": "GGUF", "nemo": "NeMo 1.0 .nemo", "nemo2": "NeMo 2.0",
                 "qnemo": ".qnemo (TensorRT-LLM weights)"}
 
@@ -119,6 +127,7 @@ def sequence_fits_model(dep: Deployment) -> list[Problem]:
                     f"{arch.max_position_embeddings} positions", "lower model.max_input_len or max_output_len")]
 
 
+# ------------------------------------------------------------------ rules on the spec's values alone
 def positive_sizes(dep: Deployment) -> list[Problem]:
     spec = dep.spec
     checks = {
@@ -128,8 +137,16 @@ def positive_sizes(dep: Deployment) -> list[Problem]:
         "backend.instance_count": spec.backend.instance_count,
         "model.max_input_len": spec.model.max_input_len,
         "model.max_output_len": spec.model.max_output_len,
+        "smoke.max_tokens": spec.smoke.max_tokens,
     }
     problems = [Problem(k, f"must be >= 1, got {v}", f"set {k}=1 or more") for k, v in checks.items() if v < 1]
+    for key, value in (("backend.max_queue_delay_us", spec.backend.max_queue_delay_us),
+                       ("server.log_verbose", spec.server.log_verbose)):
+        if value < 0:
+            problems.append(Problem(key, f"must be >= 0, got {value}", f"set {key}=0 or more"))
+    if not spec.server.start_timeout_s > 0:
+        problems.append(Problem("server.start_timeout_s", f"must be > 0, got {spec.server.start_timeout_s}",
+                                "e.g. server.start_timeout_s=600"))
     fraction = spec.backend.kv_cache_memory_fraction
     if not 0 < fraction <= 1 or math.isnan(fraction):
         problems.append(Problem("backend.kv_cache_memory_fraction", f"must be in (0, 1], got {fraction}",
@@ -137,8 +154,58 @@ def positive_sizes(dep: Deployment) -> list[Problem]:
     return problems
 
 
+def ports_in_range(dep: Deployment) -> list[Problem]:
+    """Each port is 0 (pick a free one) or a TCP port, and no two fixed ports are the same."""
+    server = dep.spec.server
+    ports = {f"server.{key}": getattr(server, key) for key in PORT_KEYS}
+    problems = [Problem(key, f"{port} is not a TCP port (0-65535)", f"set {key}=<port>, or 0 to pick a free one")
+                for key, port in ports.items() if not 0 <= port <= 65535]
+    seen: dict[int, str] = {}
+    for key, port in ports.items():
+        if port and port in seen:
+            problems.append(Problem(key, f"{port} is also {seen[port]}", f"give {key} a port of its own"))
+        seen.setdefault(port, key)
+    return problems
+
+
+def names_are_path_components(dep: Deployment) -> list[Problem]:
+    """Names become directory names (the deployment, the export cache entry, Triton's model directory)."""
+    spec = dep.spec
+    return [Problem(key, f"'{value}' is not a name of letters, digits, '_', '.' and '-' (starting with a letter "
+                    f"or digit, at most {MAX_NAME} characters)", f"set {key}=<such a name>")
+            for key, value in (("name", spec.name), ("model.name", spec.model.name),
+                               ("model.served_name", spec.model.served_name))
+            if not NAME.fullmatch(value) or len(value) > MAX_NAME]
+
+
+def no_line_breaks(dep: Deployment) -> list[Problem]:
+    """Spec strings reach shell scripts, #SBATCH lines, pbtxt and YAML: a line break or NUL in one could
+    end a line (or a comment) there, so none may hold one (the smoke prompt, which only a client sends, aside)."""
+    return [Problem(key, "contains a line break or NUL character", "remove it")
+            for key, value in strings(dep.spec) if key not in MULTILINE_KEYS and BREAKS.search(value)]
+
+
+def strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in the spec (dict keys included) with the key that holds it."""
+    if is_dataclass(value):
+        for item in fields(value):
+            yield from strings(getattr(value, item.name), f"{key}.{item.name}".lstrip("."))
+    elif isinstance(value, dict):
+        for name, item in value.items():
+            yield from strings(name, key)
+            yield from strings(item, f"{key}.{name}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from strings(item, f"{key}[{index}]")
+    elif isinstance(value, str):
+        yield key, value
+    elif isinstance(value, Enum):
+        yield key, str(value.value)
+
+
+SPEC_RULES: tuple[Rule, ...] = (positive_sizes, ports_in_range, names_are_path_components, no_line_breaks)
+
 RULES: tuple[Rule, ...] = (
-    positive_sizes,
     checkpoint_available,
     architecture_known,
     architecture_matches_checkpoint,
@@ -151,9 +218,15 @@ RULES: tuple[Rule, ...] = (
 )
 
 
+def spec_problems(dep: Deployment) -> list[Problem]:
+    """Problems with the spec's values alone; the other rules (and the backends' and targets') may assume
+    there are none."""
+    return [p for rule in SPEC_RULES for p in rule(dep)]
+
+
 def problems(dep: Deployment) -> list[Problem]:
     """Every problem the generic rules find (the pipeline adds the backend's and the target's own)."""
-    return [p for rule in RULES for p in rule(dep)]
+    return spec_problems(dep) or [p for rule in RULES for p in rule(dep)]
 
 
 def checkpoint_readable(dep: Deployment, backend: str, readers: Mapping[str, Mapping[str, str]]) -> list[Problem]:

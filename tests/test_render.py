@@ -78,7 +78,7 @@ def quoted(value: str) -> str:
 
 def test_hostile_values_are_escaped_everywhere(run_deploy, tmp_path: Path) -> None:
     checkpoint = str(tmp_path / 'weights "quoted" $(rm -rf ~) {{x}}')
-    outcome = run_deploy("model=llama3-8b", f"model.checkpoint={quoted(checkpoint)}", f"name={quoted(HOSTILE)}",
+    outcome = run_deploy("model=llama3-8b", f"model.checkpoint={quoted(checkpoint)}", f"model.source={quoted(HOSTILE)}",
                          "hardware=h100x1", "target=docker", "action=render")
     out = Path(outcome.output_dir)
     config = model_config(out / "model_repository/llm/config.pbtxt")
@@ -90,7 +90,7 @@ def test_hostile_values_are_escaped_everywhere(run_deploy, tmp_path: Path) -> No
     assert f"{checkpoint}:{checkpoint}:ro" in argv  # one argument, unchanged
     subprocess.run(["bash", "-n", str(out / "launch.sh")], check=True)
     spec = yaml.safe_load((out / "spec.yaml").read_text())
-    assert spec["name"] == HOSTILE and spec["model"]["checkpoint"] == checkpoint
+    assert spec["model"]["source"] == HOSTILE and spec["model"]["checkpoint"] == checkpoint
 
 
 @pytest.mark.parametrize("value", [HOSTILE, 'line\nbreak\t"tab" \\ back', "\x00\x7f ünï ${x}"])

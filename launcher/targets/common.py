@@ -11,8 +11,7 @@ from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import Problem
 from launcher.plan import LaunchFile, ServerCommand
-from launcher.server import PORT_KEYS
-from launcher.spec import Action, ContainerTargetSpec, HostTritonSpec
+from launcher.spec import PORT_KEYS, Action, ContainerTargetSpec, HostTritonSpec
 
 ALL_INTERFACES = "0.0.0.0"  # inside a container or on a cluster node the server listens on every interface
 

@@ -9,8 +9,7 @@ from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import Problem, user_error
 from launcher.plan import Launch, LaunchFile, Plan, Step
-from launcher.server import PORT_KEYS
-from launcher.spec import ContainerTargetSpec
+from launcher.spec import PORT_KEYS, ContainerTargetSpec
 from launcher.targets.common import container_command, container_image, fixed_ports, mpirun
 
 REPOSITORY_MOUNT = "/triton/model_repository"

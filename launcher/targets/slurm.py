@@ -22,8 +22,8 @@ from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import LauncherError, Problem, user_error
 from launcher.plan import Launch, LaunchFile, Plan, ServerCommand, Step
-from launcher.server import PORT_KEYS, log_tail, sigterm_as_interrupt
-from launcher.spec import Action, HostTritonSpec, ServerSpec
+from launcher.server import log_tail, sigterm_as_interrupt
+from launcher.spec import PORT_KEYS, Action, HostTritonSpec, ServerSpec
 from launcher.targets.common import (
     ALL_INTERFACES,
     host_backend_files,
