@@ -44,6 +44,7 @@ SHOWN_MESSAGE = 70  # characters of aiperf's latest log message in the progress 
 def check_endpoint(url: str, model: str) -> None:
     """Fail early, naming the key, when nothing answers at ``url`` or its ``/v1/models`` lacks ``model``."""
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     parts = urllib.parse.urlsplit(url)
@@ -63,7 +64,8 @@ def check_endpoint(url: str, model: str) -> None:
                          "start the deployment first, or set bench.url to its OpenAI endpoint") from None
     except ValueError:
         return  # not a JSON listing
-    served = [entry.get("id") for entry in listing.get("data", []) if isinstance(entry, dict)]
+    entries = listing.get("data", []) if isinstance(listing, dict) else []
+    served = [entry.get("id") for entry in entries if isinstance(entry, dict)]
     if served and model not in served:
         raise user_error("model.served_name", f"the server at {url} serves {served}, not '{model}'",
                          "bench the name it serves")

@@ -50,7 +50,7 @@ class Row:
     concurrency: int
     requests: int  # requests aiperf counted (errors included)
     errors: int
-    duration_s: float  # aiperf's benchmark duration, the denominator of its throughputs
+    duration_s: float  # aiperf's benchmark_duration (its throughputs divide by its observation window, ~the same)
     request_throughput: float
     output_tokens_per_s: float
     ttft_p50_ms: float
