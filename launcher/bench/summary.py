@@ -48,7 +48,7 @@ class Row:
     """One concurrency's results, as aiperf exported them (times in ms, throughputs per second)."""
 
     concurrency: int
-    requests: int  # requests aiperf counted (errors included)
+    requests: int  # valid requests aiperf counted (errors apart)
     errors: int
     duration_s: float  # aiperf's benchmark_duration (its throughputs divide by its observation window, ~the same)
     request_throughput: float
@@ -87,9 +87,9 @@ def read_row(artifact_dir: Path, concurrency: int, sla: Sequence[SlaBound]) -> R
     def value(tag: str, statistic: str) -> float:
         found = _statistic(export, tag, statistic, path)
         if found is None:
-            raise user_error(str(path), f"has no {tag} {statistic}: aiperf measured none ({errors} of "
-                             f"{int(_statistic(export, 'request_count', 'avg', path, default=0.0))} requests "
-                             "failed)", f"read {artifact_dir / 'logs' / 'aiperf.log'}")
+            raise user_error(str(path), f"has no {tag} {statistic}: aiperf measured none ({errors} requests "
+                             "failed)", f"read {artifact_dir / 'logs' / 'aiperf.log'}; a server that reports no "
+                             "token usage needs bench.server_token_count=false")
         return found
 
     values: dict[str, Any] = {name: value(*where) for name, where in EXPORTED.items()}
