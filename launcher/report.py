@@ -5,10 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from rich.console import Console
-from rich.markup import escape
+from typing import IO, TYPE_CHECKING, Any
 
 from launcher.errors import LauncherError
 from launcher.plan import Outcome
@@ -17,30 +14,55 @@ from launcher.spec import Action, ServerSpec, to_yaml
 if TYPE_CHECKING:
     from launcher.query import Answer
 
-console = Console(soft_wrap=True, highlight=False)
+Part = str | tuple[str, str]  # text, or (text, rich style)
 
 
-def print_problems(err: LauncherError) -> None:
-    stderr = Console(stderr=True, soft_wrap=True, highlight=False)
-    for problem in err.problems:
-        stderr.print(f"[bold red]error[/] {escape(str(problem))}", markup=True, emoji=False)
+class Out:
+    """Lines to one stream: through rich (styles, wrapping) on a terminal, where styles show; as plain text
+    elsewhere, without importing rich. Text is never parsed as markup, so any value prints as it is."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self._console: Any = None
+
+    def line(self, *parts: Part) -> None:
+        if not self.stream.isatty():
+            print("".join(p if isinstance(p, str) else p[0] for p in parts), file=self.stream, flush=True)
+            return
+        from rich.console import Console
+        from rich.text import Text
+
+        if self._console is None:
+            self._console = Console(file=self.stream, soft_wrap=True, highlight=False, emoji=False)
+        text = Text()
+        for part in parts:
+            text.append(*((part,) if isinstance(part, str) else part))
+        self._console.print(text)
+        self.stream.flush()
+
+
+out, err = Out(sys.stdout), Out(sys.stderr)
+
+
+def print_problems(error: LauncherError) -> None:
+    for problem in error.problems:
+        err.line(("error", "bold red"), f" {problem}")
 
 
 def print_plan(outcome: Outcome) -> None:
-    console.print(to_yaml(outcome.spec), markup=False, emoji=False, style="dim")
-    console.print(f"[bold]Plan for {escape(outcome.spec.name)}[/] ({len(outcome.steps)} steps)", emoji=False)
+    out.line((to_yaml(outcome.spec), "dim"))
+    out.line((f"Plan for {outcome.spec.name}", "bold"), f" ({len(outcome.steps)} steps)")
     for number, step in enumerate(outcome.steps, 1):
-        state = " [green](done)[/]" if step.done else ""
-        console.print(f"{number}. [cyan]{step.kind}[/] on {step.where}{state}: {escape(step.description)}",
-                      markup=True, emoji=False)
+        out.line(f"{number}. ", (step.kind, "cyan"), f" on {step.where}", (" (done)", "green") if step.done else "",
+                 f": {step.description}")
         if step.command:
-            console.print("   $ " + shlex.join(step.command), markup=False, emoji=False)
+            out.line("   $ " + shlex.join(step.command))
     if outcome.placement:
         hw = outcome.spec.hardware
-        console.print(f"[bold]GPUs[/] ({len(outcome.placement)} workers on {escape(hw.name)}: {hw.nodes} x "
-                      f"{hw.gpus_per_node} {escape(str(hw.gpu))})", markup=True, emoji=False)
+        out.line(("GPUs", "bold"), f" ({len(outcome.placement)} workers on {hw.name}: {hw.nodes} x "
+                 f"{hw.gpus_per_node} {hw.gpu})")
         for where in outcome.placement:
-            console.print(f"   node {where.node} GPU {where.gpu}: {where.worker}", markup=False, emoji=False)
+            out.line(f"   node {where.node} GPU {where.gpu}: {where.worker}")
 
 
 def print_outcome(outcome: Outcome) -> None:
@@ -49,17 +71,15 @@ def print_outcome(outcome: Outcome) -> None:
         print_plan(outcome)
     elif action == Action.export:
         state = "cache hit" if outcome.export_cached else "exported"
-        console.print(f"{state} in {outcome.export_seconds:.2f} s: {outcome.export_dir}", markup=False)
+        out.line(f"{state} in {outcome.export_seconds:.2f} s: {outcome.export_dir}")
     elif action == Action.render:
-        console.print(f"rendered: {outcome.output_dir}", markup=False)
+        out.line(f"rendered: {outcome.output_dir}")
     else:
-        console.print(f"deployment: {outcome.output_dir}", markup=False)
-    sys.stdout.flush()
+        out.line(f"deployment: {outcome.output_dir}")
 
 
 def say(text: str) -> None:
-    console.print(text, markup=False, emoji=False)
-    sys.stdout.flush()
+    out.line(text)
 
 
 def print_starting(pid: int, server: ServerSpec, log: Path) -> None:
