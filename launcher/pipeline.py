@@ -13,6 +13,7 @@ from launcher.backends import BACKENDS, get_backend
 from launcher.deployment import Deployment, resolve
 from launcher.errors import LauncherError, Problem, user_error
 from launcher.plan import Outcome, Step
+from launcher.sizing import estimate
 from launcher.spec import Action, DeploySpec, to_spec, to_yaml
 from launcher.targets import get_target
 
@@ -59,7 +60,8 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
         raise LauncherError(*found)
     plan = backend.plan(dep)
     launch = target.launch(dep, plan, backend)
-    outcome = Outcome(spec, [*plan.steps, render_step(dep), launch.step], plan.placement)
+    outcome = Outcome(spec, [*plan.steps, render_step(dep), launch.step], plan.placement,
+                      estimate=estimate(dep) if dep.arch is not None else None)
     if spec.action == Action.plan:
         return outcome
     outcome.export_dir = str(plan.export.directory)

@@ -100,6 +100,18 @@ class Launch:
     environment: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """What a spec can deliver at best, before deploying it: a decode step reads every weight a GPU holds
+    once, so memory bandwidth bounds the tokens per second of one sequence; the memory left after the
+    weights bounds how many full-length sequences the KV cache holds at once."""
+
+    weights_gb: float  # per GPU (per host on CPU)
+    decode_tokens_per_s: float  # one sequence, batch 1, at the hardware entry's memory bandwidth
+    kv_sequences: int  # concurrent sequences of max_input_len + max_output_len tokens
+    sequence_tokens: int
+
+
 @dataclass
 class Outcome:
     """What a run did, for the printer and for sweeps."""
@@ -111,3 +123,4 @@ class Outcome:
     export_dir: str | None = None
     export_cached: bool = False  # the export was already in the cache (or used in place)
     export_seconds: float = 0.0
+    estimate: Estimate | None = None  # the spec's speed and capacity bounds, where the architecture is known

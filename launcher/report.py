@@ -57,6 +57,13 @@ def print_plan(outcome: Outcome) -> None:
                  f": {step.description}")
         if step.command:
             out.line("   $ " + shlex.join(step.command))
+    if outcome.estimate is not None:
+        est, hw = outcome.estimate, outcome.spec.hardware
+        device = "GPU" if hw.gpu else "host"
+        out.line(("Bounds", "bold"), f" ({hw.memory_bandwidth_gbps:g} GB/s, {hw.memory_gb:g} GB per {device}): "
+                 f"{est.weights_gb:.2f} GB of weights per {device}; decode <= {est.decode_tokens_per_s:,.0f} "
+                 f"tokens/s per sequence; the KV cache holds ~{est.kv_sequences:,} sequences of "
+                 f"{est.sequence_tokens:,} tokens")
     if outcome.placement:
         hw = outcome.spec.hardware
         out.line(("GPUs", "bold"), f" ({len(outcome.placement)} workers on {hw.name}: {hw.nodes} x "
