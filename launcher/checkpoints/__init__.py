@@ -28,9 +28,10 @@ def resolve_checkpoint_path(checkpoint: str | None) -> str | None:
 
 
 def _detect_tar(path: Path) -> CheckpointFormat:
-    from launcher.checkpoints import archive, nemo, qnemo
+    from launcher.checkpoints import nemo, qnemo
+    from launcher.checkpoints.archive import Archive
 
-    names = archive.member_names(path)
+    names = set(Archive(path).names())
     if nemo.CONFIG in names:
         return CheckpointFormat.nemo
     if qnemo.looks_like_qnemo(names):
