@@ -129,7 +129,8 @@ class Archive:
     def _scan_gzip(self) -> None:
         budget, declared = _gzip_budget(self.path), 0
         with (reading(self.path, "gzip tar archive"), gzip.open(self.path, "rb") as raw,
-              tarfile.open(fileobj=io.BufferedReader(_Budget(raw, budget, self.path)), mode="r|") as tar):
+              io.BufferedReader(_Budget(raw, budget, self.path)) as stream,
+              tarfile.open(fileobj=stream, mode="r|") as tar):
             for member in self._checked(tar):
                 declared += member.size
                 if declared > budget:
@@ -139,6 +140,8 @@ class Archive:
                 if member.isfile() and member.size <= SMALL_FILE_LIMIT and in_memory + member.size <= MEMORY_LIMIT:
                     self._in_memory[_normalize(member.name)] = tar.extractfile(member).read()
             self._gzip_end = tar.offset
+            while stream.read(_COPY_CHUNK):  # to the end, so that gzip checks its CRC (within the budget)
+                pass
 
     def _decompressed(self) -> tarfile.TarFile:
         """The gzip stream as a plain tar in scratch space, written once, within the scan's budget."""

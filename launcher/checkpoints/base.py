@@ -77,6 +77,10 @@ def shown(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _value(value: object) -> str:
+    return f"{shown(repr(value))} ({_kind(value)})"
+
+
 def _kind(value: object) -> str:
     kinds = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
     return kinds.get(type(value), type(value).__name__)
@@ -141,7 +145,7 @@ class Fields:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_SIZE:
-            raise self.error(key, f"is {shown(value)} ({_kind(value)}); expected an integer from {minimum} "
+            raise self.error(key, f"is {_value(value)}; expected an integer from {minimum} "
                                   f"to {MAX_SIZE}")
         return value
 
@@ -149,26 +153,26 @@ class Fields:
         """A positive, finite number."""
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-            raise self.error(key, f"is {shown(value)} ({_kind(value)}); expected a positive number")
+            raise self.error(key, f"is {_value(value)}; expected a positive number")
         return float(value)
 
     def str(self, key: str, default: Any = _REQUIRED) -> str:
         value = self._get(key, default)
         if not isinstance(value, str):
-            raise self.error(key, f"is {shown(value)} ({_kind(value)}); expected a string")
+            raise self.error(key, f"is {_value(value)}; expected a string")
         return value
 
     def bool(self, key: str, default: Any = _REQUIRED) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):
-            raise self.error(key, f"is {shown(value)} ({_kind(value)}); expected true or false")
+            raise self.error(key, f"is {_value(value)}; expected true or false")
         return value
 
     def mapping(self, key: str) -> dict[str, Any] | None:
         """A nested mapping, or None when absent."""
         value = self._get(key, None)
         if value is not None and not isinstance(value, dict):
-            raise self.error(key, f"is {shown(value)} ({_kind(value)}); expected a mapping")
+            raise self.error(key, f"is {_value(value)}; expected a mapping")
         return value
 
     def child(self, key: str) -> Fields:
@@ -292,7 +296,7 @@ def _safetensors_entry(name: str, entry: object, data_start: int, where: str) ->
     if not counts(shape, None):
         raise bad(f"shape {shown(shape)} is not a list of non-negative integers")
     if not counts(offsets, 2) or offsets[0] > offsets[1]:
-        raise bad(f"data_offsets {shown(offsets)} are not [start, end] with 0 <= start <= end")
+        raise bad(f"data_offsets {shown(offsets)} are not two offsets with 0 <= start <= end")
     nbytes = math.prod(shape) * SAFETENSORS_ITEMSIZE[dtype]
     if offsets[1] - offsets[0] != nbytes:
         raise bad(f"shape {shape} ({dtype}) needs {nbytes} bytes, its data_offsets span {offsets[1] - offsets[0]}")

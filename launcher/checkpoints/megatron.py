@@ -184,6 +184,7 @@ def _checked(metadata: object, where: str) -> Metadata:
                 and isinstance(meta.properties, TensorProperties) and isinstance(meta.properties.dtype, torch.dtype)
                 and sizes(meta.size)):
             raise damaged(where, f"entry '{shown(fqn)}' is not a tensor's metadata (dtype and size)")
+    stored: dict[str, int] = {}
     for index, info in storage.items():
         if not (isinstance(index, MetadataIndex) and isinstance(index.fqn, str)
                 and (index.offset is None or sizes(index.offset)) and isinstance(info, _StorageInfo)
@@ -192,6 +193,13 @@ def _checked(metadata: object, where: str) -> Metadata:
         name = info.relative_path
         if not isinstance(name, str) or PurePosixPath(name).name != name or name in ("", ".", ".."):
             raise damaged(where, f"chunk file {shown(name)} is not a file name in the weights directory")
+        stored[index.fqn] = stored.get(index.fqn, 0) + info.length
+    for fqn, meta in tensors.items():  # torch.save blobs are larger than their raw data, never smaller
+        if not isinstance(meta, TensorStorageMetadata):
+            continue
+        if math.prod(meta.size) * meta.properties.dtype.itemsize > stored.get(fqn, 0):
+            raise damaged(where, f"tensor '{shown(fqn)}' of shape {list(meta.size)} needs more bytes than its "
+                                 f"chunks hold ({stored.get(fqn, 0)})")
     return metadata
 
 
@@ -238,10 +246,6 @@ def dist_tensors(open_fn: OpenFn, where: str, num_layers: int,
         if not isinstance(meta, TensorStorageMetadata) or "_extra_state" in fqn:
             continue
         shape, dtype = tuple(meta.size), meta.properties.dtype
-        stored = sum(info.length for _, info in storage.get(fqn, []))
-        if math.prod(shape) * dtype.itemsize > stored:
-            raise damaged(f"{where}/.metadata", f"tensor '{shown(fqn)}' of shape {list(shape)} needs more bytes "
-                                                f"than its chunks hold ({stored})")
         if ".decoder.layers." in fqn and not _LAYER.search(fqn) and shape[:1] == (num_layers,):
             head, _, rest = fqn.partition("decoder.layers.")
             for layer in range(num_layers):

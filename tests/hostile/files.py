@@ -97,9 +97,12 @@ def nemo2_with_metadata(case_dir: Path, data: bytes, *, real: bool = False) -> P
     return path
 
 
+NEMO1_TOKENIZER = "1d57c686069742b7bebd73c1071d70ce_tokenizer.model"  # the member name tiny.write_nemo uses
+
+
 def nemo1_config(**changes: Any) -> str:
     """Our NeMo 1.0 ``model_config.yaml`` with top-level keys changed (``None`` deletes one)."""
-    config = yaml.safe_load(tiny._nemo1_config(tie=False, tokenizer_member="tok_tokenizer.model"))
+    config = yaml.safe_load(tiny._nemo1_config(tie=False, tokenizer_member=NEMO1_TOKENIZER))
     for key, value in changes.items():
         if value is None:
             config.pop(key, None)
@@ -181,3 +184,34 @@ def hf_with_config(**changes: Any) -> Callable[[Path], Path]:
         (path / "config.json").write_text(json.dumps({**config, **changes}))
         return path
     return build
+
+
+# --------------------------------------------------------------------------------------------- GGUF
+def gguf_with(path: Path, **changes: object) -> Path:
+    """A metadata-only llama GGUF (ours, via gguf.GGUFWriter) with keys changed: a value's Python type
+    picks its GGUF type (str, int -> UINT32, float, list -> ARRAY), ``None`` leaves the key out.
+    Keys use ``__`` for ``.`` (``llama__attention__head_count``)."""
+    import gguf
+
+    metadata: dict[str, object] = {
+        "general.name": "tiny-llama", "llama.context_length": 256, "llama.embedding_length": tiny.HIDDEN,
+        "llama.block_count": tiny.LAYERS, "llama.feed_forward_length": tiny.FFN,
+        "llama.attention.head_count": tiny.HEADS, "llama.attention.head_count_kv": tiny.KV_HEADS,
+        "llama.rope.freq_base": 10000.0, "llama.attention.layer_norm_rms_epsilon": 1e-5, "llama.vocab_size": tiny.VOCAB,
+    }
+    metadata.update({key.replace("__", "."): value for key, value in changes.items()})
+    writer = gguf.GGUFWriter(str(path), str(metadata.pop("general.architecture", "llama")))
+    types = {str: gguf.GGUFValueType.STRING, int: gguf.GGUFValueType.UINT32, float: gguf.GGUFValueType.FLOAT32,
+             bool: gguf.GGUFValueType.BOOL}
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            writer.add_array(key, value)
+        else:
+            writer.add_key_value(key, value, types[type(value)])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
