@@ -177,23 +177,29 @@ def _checked(metadata: object, where: str) -> Metadata:
     tensors, storage = getattr(metadata, "state_dict_metadata", None), getattr(metadata, "storage_data", None)
     if not isinstance(tensors, dict) or not isinstance(storage, dict):
         raise damaged(where, "state_dict_metadata or storage_data is not a mapping")
-    for fqn, meta in tensors.items():
+    for fqn, meta in tensors.items():  # instances built without __init__ may lack fields: getattr throughout
         if isinstance(meta, BytesStorageMetadata) and isinstance(fqn, str):
             continue
+        properties = getattr(meta, "properties", None)
         if not (isinstance(fqn, str) and isinstance(meta, TensorStorageMetadata)
-                and isinstance(meta.properties, TensorProperties) and isinstance(meta.properties.dtype, torch.dtype)
-                and sizes(meta.size)):
-            raise damaged(where, f"entry '{shown(fqn)}' is not a tensor's metadata (dtype and size)")
+                and isinstance(properties, TensorProperties) and isinstance(getattr(properties, "dtype", None),
+                                                                            torch.dtype)
+                and sizes(getattr(meta, "size", None))):
+            raise damaged(where, f"entry '{shown(fqn if isinstance(fqn, str) else type(fqn).__name__)}' is not a "
+                                 "tensor's metadata (dtype and size)")
     stored: dict[str, int] = {}
     for index, info in storage.items():
-        if not (isinstance(index, MetadataIndex) and isinstance(index.fqn, str)
-                and (index.offset is None or sizes(index.offset)) and isinstance(info, _StorageInfo)
-                and count(info.offset) and count(info.length)):
-            raise damaged(where, f"storage entry {shown(index)} is not a chunk's file, offset and length")
-        name = info.relative_path
+        fqn, offset = getattr(index, "fqn", None), getattr(index, "offset", None)
+        if not (isinstance(index, MetadataIndex) and isinstance(fqn, str) and (offset is None or sizes(offset))
+                and isinstance(info, _StorageInfo) and count(getattr(info, "offset", None))
+                and count(getattr(info, "length", None))):
+            raise damaged(where, f"storage entry for '{shown(fqn if isinstance(fqn, str) else '?')}' is not a "
+                                 "chunk's file, offset and length")
+        name = getattr(info, "relative_path", None)
         if not isinstance(name, str) or PurePosixPath(name).name != name or name in ("", ".", ".."):
-            raise damaged(where, f"chunk file {shown(name)} is not a file name in the weights directory")
-        stored[index.fqn] = stored.get(index.fqn, 0) + info.length
+            raise damaged(where, f"chunk file {shown(name if isinstance(name, str) else '?')} is not a file name "
+                                 "in the weights directory")
+        stored[fqn] = stored.get(fqn, 0) + info.length
     for fqn, meta in tensors.items():  # torch.save blobs are larger than their raw data, never smaller
         if not isinstance(meta, TensorStorageMetadata):
             continue
