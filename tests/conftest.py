@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 import os
 import subprocess
 import sys
@@ -43,7 +44,8 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
 
 
 def write_hf_config(directory: Path, **overrides: object) -> Path:
-    """An HF directory whose config says Llama (weights file empty: inspect reads only metadata)."""
+    """An HF directory whose config says Llama, with a weights file holding no tensors (a valid safetensors
+    header and nothing else: inspect reads only metadata)."""
     config = {
         "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 128,
         "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
@@ -52,7 +54,8 @@ def write_hf_config(directory: Path, **overrides: object) -> Path:
     }
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config))
-    (directory / "model.safetensors").write_bytes(b"")
+    header = b'{"__metadata__":{"format":"pt"}}'
+    (directory / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
     return directory
 
 

@@ -55,10 +55,11 @@ def test_interrupted_export_leaves_no_entry(tmp_path: Path) -> None:
 
 def test_a_bad_checkpoint_leaves_no_entry(tmp_path: Path) -> None:
     source = write_hf(tmp_path / "src")
+    checkpoint = inspect(source)  # the header is checked here, so the file is cut short only afterwards
     weights = source / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(LauncherError):
-        export_hf(inspect(source), tmp_path / "cache" / "entry")
+        export_hf(checkpoint, tmp_path / "cache" / "entry")
     assert list((tmp_path / "cache").iterdir()) == []
 
 

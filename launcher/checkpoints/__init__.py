@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from launcher.checkpoints.base import Checkpoint, TensorStream
+from launcher.checkpoints.base import Checkpoint, TensorStream, reading
 from launcher.errors import user_error
 from launcher.spec import CheckpointFormat
 
@@ -28,9 +28,10 @@ def resolve_checkpoint_path(checkpoint: str | None) -> str | None:
 
 
 def _detect_tar(path: Path) -> CheckpointFormat:
-    from launcher.checkpoints import archive, nemo, qnemo
+    from launcher.checkpoints import nemo, qnemo
+    from launcher.checkpoints.archive import Archive
 
-    names = archive.member_names(path)
+    names = set(Archive(path).names())
     if nemo.CONFIG in names:
         return CheckpointFormat.nemo
     if qnemo.looks_like_qnemo(names):
@@ -49,7 +50,9 @@ def detect(path: Path) -> CheckpointFormat:
         raise user_error("model.checkpoint", f"'{path}' does not exist", "point it at a checkpoint file or directory")
     if gguf.is_gguf(path):
         return CheckpointFormat.gguf
-    if path.is_file() and tarfile.is_tarfile(path):
+    with reading(path, "tar archive"):  # a damaged gzip stream fails here already
+        is_tar = path.is_file() and tarfile.is_tarfile(path)
+    if is_tar:
         return _detect_tar(path)
     if nemo2.is_nemo2(path):
         return CheckpointFormat.nemo2

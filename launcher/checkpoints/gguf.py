@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher.checkpoints.base import Checkpoint, TensorStream, reading
+from launcher.checkpoints.base import Checkpoint, Fields, TensorStream, check_arch, reading
 from launcher.checkpoints.hf import check_architecture
 from launcher.errors import user_error
 from launcher.spec import ModelArch
@@ -66,41 +66,41 @@ def _open(path: Path) -> GGUFReader:
         return GGUFReader(path)
 
 
-def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
+def _metadata(reader: GGUFReader, path: Path) -> Fields:
+    """Every scalar or string metadata value (arrays: only their length matters here), typed-checked on use."""
+    values: dict[str, Any] = {}
+    with reading(path, "GGUF metadata"):
+        for key, field in reader.fields.items():
+            if key.startswith("GGUF."):
+                continue
+            values[key] = len(field.data) if key == "tokenizer.ggml.tokens" else field.contents()
+    return Fields(values, str(path))
 
 
 def arch_from_metadata(reader: GGUFReader, path: Path) -> ModelArch:
     """The architecture a GGUF's ``<arch>.*`` metadata describes (llama.cpp writes Mistral as ``llama``)."""
-    gguf_arch = _field(reader, "general.architecture", "?")
-    name = str(_field(reader, "general.name", "")).lower()
+    meta = _metadata(reader, path)
+    gguf_arch = meta.str("general.architecture", "?")
+    name = meta.str("general.name", "").lower()
     architecture = {"llama": "MistralForCausalLM" if "mistral" in name else "LlamaForCausalLM"}.get(
         gguf_arch, f"{gguf_arch} (GGUF)")
     check_architecture(architecture, str(path))
-    try:
-        hidden = int(_field(reader, f"{gguf_arch}.embedding_length"))
-        heads = int(_field(reader, f"{gguf_arch}.attention.head_count"))
-        tokens = reader.fields.get("tokenizer.ggml.tokens")
-        vocab = _field(reader, f"{gguf_arch}.vocab_size") or (len(tokens.data) if tokens else None)
-        return ModelArch(
-            architecture=architecture,
-            num_layers=int(_field(reader, f"{gguf_arch}.block_count")),
-            hidden_size=hidden,
-            intermediate_size=int(_field(reader, f"{gguf_arch}.feed_forward_length")),
-            num_attention_heads=heads,
-            num_kv_heads=int(_field(reader, f"{gguf_arch}.attention.head_count_kv", heads)),
-            head_dim=int(_field(reader, f"{gguf_arch}.attention.key_length", hidden // heads)),
-            vocab_size=int(vocab),
-            max_position_embeddings=int(_field(reader, f"{gguf_arch}.context_length", 4096)),
-            rope_theta=float(_field(reader, f"{gguf_arch}.rope.freq_base", 10000.0)),
-            rms_norm_eps=float(_field(reader, f"{gguf_arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-            tie_word_embeddings=all(t.name != "output.weight" for t in reader.tensors),
-            dtype="bfloat16",  # llama.cpp's quantized blocks dequantize to bf16 without loss of meaning
-        )
-    except TypeError as exc:  # a required key is missing (int(None))
-        raise user_error(str(path), f"GGUF metadata for '{gguf_arch}' is incomplete",
-                         "re-export the file with a current llama.cpp") from exc
+    hidden, heads = meta.int(f"{gguf_arch}.embedding_length"), meta.int(f"{gguf_arch}.attention.head_count")
+    return check_arch(ModelArch(
+        architecture=architecture,
+        num_layers=meta.int(f"{gguf_arch}.block_count"),
+        hidden_size=hidden,
+        intermediate_size=meta.int(f"{gguf_arch}.feed_forward_length"),
+        num_attention_heads=heads,
+        num_kv_heads=meta.int(f"{gguf_arch}.attention.head_count_kv", heads),
+        head_dim=meta.int(f"{gguf_arch}.attention.key_length", max(hidden // heads, 1)),
+        vocab_size=meta.int(meta.key(f"{gguf_arch}.vocab_size", "tokenizer.ggml.tokens")),
+        max_position_embeddings=meta.int(f"{gguf_arch}.context_length", 4096),
+        rope_theta=meta.float(f"{gguf_arch}.rope.freq_base", 10000.0),
+        rms_norm_eps=meta.float(f"{gguf_arch}.attention.layer_norm_rms_epsilon", 1e-5),
+        tie_word_embeddings=all(t.name != "output.weight" for t in reader.tensors),
+        dtype="bfloat16",  # llama.cpp's quantized blocks dequantize to bf16 without loss of meaning
+    ), str(path))
 
 
 def _tensors(path: Path, arch: ModelArch) -> TensorStream:

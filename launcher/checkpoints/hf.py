@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
 
-from launcher.checkpoints.base import Checkpoint, TensorStream, load_torch_file, read_safetensors
+from launcher.checkpoints.base import (
+    SMALL_FILE_LIMIT,
+    Checkpoint,
+    Fields,
+    SafetensorsEntry,
+    TensorStream,
+    check_arch,
+    load_torch_file,
+    read_safetensors,
+    reading,
+    safetensors_index,
+    shown,
+)
 from launcher.errors import user_error
 from launcher.spec import ModelArch
 
@@ -15,10 +28,10 @@ LLAMA_FAMILY = ("LlamaForCausalLM", "MistralForCausalLM")
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON object from ``path``, or a one-line error naming the file."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise user_error(str(path), f"cannot read JSON: {exc}", "fix or regenerate the file") from exc
+    with reading(path, "JSON"):
+        if (size := path.stat().st_size) > SMALL_FILE_LIMIT:
+            raise ValueError(f"it is {size} bytes, more than any config file has")
+        data = json.loads(path.read_bytes())
     if not isinstance(data, dict):
         raise user_error(str(path), "expected a JSON object", "fix or regenerate the file")
     return data
@@ -38,49 +51,53 @@ def is_hf(path: Path) -> bool:
 def check_architecture(architecture: str, where: str) -> str:
     """``architecture`` if this launcher can convert and serve it, else a one-line error naming ``where``."""
     if architecture not in LLAMA_FAMILY:
-        raise user_error(where, f"architecture '{architecture}' is not supported",
+        raise user_error(where, f"architecture '{shown(architecture)}' is not supported",
                          f"supported: {', '.join(LLAMA_FAMILY)}")
     return architecture
 
 
-def arch_from_config(config: dict, where: Path) -> ModelArch:
+def arch_from_config(config: Fields) -> ModelArch:
     """The architecture an HF ``config.json`` describes."""
-    architecture = check_architecture((config.get("architectures") or ["?"])[0], str(where / "config.json"))
-    heads = config["num_attention_heads"]
-    rope_parameters = config.get("rope_parameters") or {}  # transformers >= 5 nests rope settings here
-    rope_scaling = config.get("rope_scaling") or rope_parameters
+    architectures = config.data.get("architectures") or ["?"]
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise config.error("architectures", f"is {shown(architectures)}; expected a list of class names")
+    architecture = check_architecture(architectures[0], config.where)
+    heads, hidden = config.int("num_attention_heads"), config.int("hidden_size")
+    rope_parameters = config.child("rope_parameters")  # transformers >= 5 nests rope settings here
+    rope_scaling = config.mapping("rope_scaling") or rope_parameters.data
     if rope_scaling.get("rope_type", "default") == "default":
         rope_scaling = None
-    return ModelArch(
+    return check_arch(ModelArch(
         architecture=architecture,
-        num_layers=config["num_hidden_layers"],
-        hidden_size=config["hidden_size"],
-        intermediate_size=config["intermediate_size"],
+        num_layers=config.int("num_hidden_layers"),
+        hidden_size=hidden,
+        intermediate_size=config.int("intermediate_size"),
         num_attention_heads=heads,
-        num_kv_heads=config.get("num_key_value_heads") or heads,
-        head_dim=config.get("head_dim") or config["hidden_size"] // heads,
-        vocab_size=config["vocab_size"],
-        max_position_embeddings=config.get("max_position_embeddings", 4096),
-        rope_theta=float(config.get("rope_theta") or rope_parameters.get("rope_theta") or 10000.0),
-        rms_norm_eps=float(config.get("rms_norm_eps", 1e-5)),
-        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        num_kv_heads=config.int("num_key_value_heads", heads),
+        head_dim=config.int("head_dim", max(hidden // heads, 1)),
+        vocab_size=config.int("vocab_size"),
+        max_position_embeddings=config.int("max_position_embeddings", 4096),
+        rope_theta=(config if "rope_theta" in config.data else rope_parameters).float("rope_theta", 10000.0),
+        rms_norm_eps=config.float("rms_norm_eps", 1e-5),
+        tie_word_embeddings=config.bool("tie_word_embeddings", False),
         rope_scaling=rope_scaling,
-        dtype=str(config.get("torch_dtype") or config.get("dtype") or "float32"),
-    )
+        dtype=config.str(config.key("torch_dtype", "dtype"), "float32"),
+    ), config.where)
 
 
-def quantization(path: Path, config: dict) -> dict[str, Any] | None:
+def quantization(path: Path, config: Fields) -> dict[str, Any] | None:
     """A ModelOpt export's ``hf_quant_config.json`` block, else the config's ``quantization_config``."""
     modelopt = path / "hf_quant_config.json"
     if modelopt.is_file():
-        return read_json(modelopt).get("quantization") or config.get("quantization_config")
-    return config.get("quantization_config")
+        return Fields(read_json(modelopt), str(modelopt)).mapping("quantization") or config.mapping(
+            "quantization_config")
+    return config.mapping("quantization_config")
 
 
-def _safetensors_tensors(files: list[Path]) -> TensorStream:
-    for file in files:
+def _safetensors_tensors(indexes: dict[Path, list[SafetensorsEntry]]) -> TensorStream:
+    for file, entries in indexes.items():
         with open(file, "rb") as f:
-            yield from read_safetensors(f, str(file))
+            yield from read_safetensors(f, str(file), entries)
 
 
 def _pickle_tensors(files: list[Path]) -> TensorStream:
@@ -94,16 +111,24 @@ def read(path: Path) -> Checkpoint:
     config_path = path / "config.json"
     if not config_path.is_file():
         raise user_error(str(config_path), "missing", "a Hugging Face checkpoint needs config.json")
-    config = read_json(config_path)
+    config = Fields(read_json(config_path), str(config_path))
     files = weight_files(path)
     if not files:
         raise user_error(str(path), "no *.safetensors or *.bin weights", "point model.checkpoint at the weights")
-    stream = _safetensors_tensors if files[0].suffix == ".safetensors" else _pickle_tensors
+    arch = arch_from_config(config)
+    if files[0].suffix == ".safetensors":
+        indexes = {}
+        for file in files:  # only the headers: checked now, so a lying one fails at plan, not mid-export
+            with reading(file, "safetensors weights"), open(file, "rb") as f:
+                indexes[file] = safetensors_index(f, str(file))
+        stream = functools.partial(_safetensors_tensors, indexes)
+    else:
+        stream = functools.partial(_pickle_tensors, files)
     return Checkpoint(
         path=path,
         format="hf",
-        arch=arch_from_config(config, path),
+        arch=arch,
         tokenizer=path,
         quantization=quantization(path, config),
-        stream=lambda: stream(files),
+        stream=stream,
     )

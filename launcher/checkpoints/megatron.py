@@ -8,17 +8,20 @@ from __future__ import annotations
 import functools
 import io
 import json
+import math
 import pickle
 import re
 from collections.abc import Callable, Iterator
+from pathlib import PurePosixPath
 from typing import IO, TYPE_CHECKING
 
-from launcher.checkpoints.base import TensorStream, reading
+from launcher.checkpoints.base import Fields, TensorStream, check_arch, damaged, reading, shown
 from launcher.errors import user_error
 from launcher.spec import ModelArch
 
 if TYPE_CHECKING:
     import torch
+    from torch.distributed.checkpoint.metadata import Metadata
 
 OpenFn = Callable[[str], IO[bytes]]
 
@@ -39,15 +42,47 @@ _LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 _VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")  # padded in Megatron; sliced back here
 
 
-class _Unpickler(pickle.Unpickler):
-    """Reads ``.metadata`` without megatron: ``MCoreMetadata`` is torch's ``Metadata``, the rest dummies."""
+# Every global a torch_dist ``.metadata`` may name, recorded from the files NeMo 2.7.3 / megatron-core 0.15.3
+# wrote (shared/fixtures/nemo-written) and from our fixtures (read with pickletools); all plain data classes.
+_DCP_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "StorageMeta", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+        "TensorProperties", "MetadataIndex", "_MEM_FORMAT_ENCODING",
+    },
+    "torch.distributed.checkpoint.planner": {"WriteItem", "TensorWriteData", "WriteItemType"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},  # and every torch dtype and layout, by name (see _torch_constant)
+}
+_MEGATRON_MODULE = "megatron.core.dist_checkpointing.strategies.torch"
 
-    def find_class(self, module: str, name: str) -> type:
-        if module.startswith("megatron."):
+
+class _SavePlanStandIn:
+    """Stand-in for megatron's ``MCoreSavePlan`` (each rank's plan, kept in ``all_local_plans``); never used."""
+
+
+def _torch_constant(name: str) -> object | None:
+    import torch
+
+    value = getattr(torch, name, None)
+    return value if isinstance(value, torch.dtype | torch.layout) else None
+
+
+class _Unpickler(pickle.Unpickler):
+    """Reads ``.metadata`` without megatron and without running anything: only ``_DCP_GLOBALS``, torch dtypes
+    and layouts, and megatron's ``MCoreMetadata`` (torch's ``Metadata``) and ``MCoreSavePlan`` (a stand-in)."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if module == _MEGATRON_MODULE and name in ("MCoreMetadata", "MCoreSavePlan"):
             from torch.distributed.checkpoint.metadata import Metadata
 
-            return Metadata if name == "MCoreMetadata" else type(name, (), {})
-        return super().find_class(module, name)
+            return Metadata if name == "MCoreMetadata" else _SavePlanStandIn
+        if module == "torch" and (constant := _torch_constant(name)) is not None:
+            return constant
+        if name in _DCP_GLOBALS.get(module, ()):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load '{shown(module)}.{shown(name)}' (not a checkpoint "
+                                     "metadata class; a pickle naming it can run code)")
 
 
 def split_qkv(weight: torch.Tensor, arch: ModelArch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -98,18 +133,84 @@ def strip_prefix(name: str, prefixes: tuple[str, ...]) -> str:
 
 
 # --------------------------------------------------------------------------- torch_dist checkpoints
-def read_metadata(open_fn: OpenFn, where: str):
-    """The ``torch.distributed.checkpoint`` ``Metadata`` of a Megatron ``torch_dist`` weights dir."""
+def read_metadata(open_fn: OpenFn, where: str) -> Metadata:
+    """The checked ``torch.distributed.checkpoint`` ``Metadata`` of a Megatron ``torch_dist`` weights dir."""
     with reading(f"{where}/metadata.json", "dist-checkpoint metadata"), open_fn("metadata.json") as f:
-        backend = json.load(f).get("sharded_backend")
+        backend = Fields(json.load(f), f"{where}/metadata.json").str("sharded_backend", "")
     if backend != "torch_dist":
-        raise user_error(f"{where}/metadata.json", f"sharded_backend '{backend}' is not supported",
+        raise user_error(f"{where}/metadata.json", f"sharded_backend '{shown(backend)}' is not supported",
                          "re-save the checkpoint with the torch_dist backend (NeMo's default)")
     with reading(f"{where}/.metadata", "dist-checkpoint metadata"), open_fn(".metadata") as f:
-        return _Unpickler(f).load()
+        try:
+            metadata = _Unpickler(f).load()
+        except pickle.UnpicklingError:
+            raise
+        except Exception as exc:
+            raise pickle.UnpicklingError(f"{type(exc).__name__}: {exc}") from exc
+    return _checked(metadata, f"{where}/.metadata")
 
 
-def dist_tensors(open_fn: OpenFn, where: str, num_layers: int) -> Iterator[tuple[str, torch.Tensor]]:
+def _checked(metadata: object, where: str) -> Metadata:
+    """``metadata`` if its structure is what torch_dist writes, else one error naming the file.
+
+    The unpickler admits only data classes, but their fields can hold anything: sizes, offsets and chunk
+    file names are checked here, so the reader never indexes, allocates or opens what the pickle made up.
+    """
+    import torch
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+
+    def sizes(value: object) -> bool:
+        return isinstance(value, tuple) and all(isinstance(v, int) and 0 <= v < 2**63 for v in value)
+
+    def count(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+    if not isinstance(metadata, Metadata):
+        raise damaged(where, f"holds {type(metadata).__name__}, not a torch.distributed.checkpoint Metadata")
+    tensors, storage = getattr(metadata, "state_dict_metadata", None), getattr(metadata, "storage_data", None)
+    if not isinstance(tensors, dict) or not isinstance(storage, dict):
+        raise damaged(where, "state_dict_metadata or storage_data is not a mapping")
+    for fqn, meta in tensors.items():  # instances built without __init__ may lack fields: getattr throughout
+        if isinstance(meta, BytesStorageMetadata) and isinstance(fqn, str):
+            continue
+        properties = getattr(meta, "properties", None)
+        if not (isinstance(fqn, str) and isinstance(meta, TensorStorageMetadata)
+                and isinstance(properties, TensorProperties) and isinstance(getattr(properties, "dtype", None),
+                                                                            torch.dtype)
+                and sizes(getattr(meta, "size", None))):
+            raise damaged(where, f"entry '{shown(fqn if isinstance(fqn, str) else type(fqn).__name__)}' is not a "
+                                 "tensor's metadata (dtype and size)")
+    stored: dict[str, int] = {}
+    for index, info in storage.items():
+        fqn, offset = getattr(index, "fqn", None), getattr(index, "offset", None)
+        if not (isinstance(index, MetadataIndex) and isinstance(fqn, str) and (offset is None or sizes(offset))
+                and isinstance(info, _StorageInfo) and count(getattr(info, "offset", None))
+                and count(getattr(info, "length", None))):
+            raise damaged(where, f"storage entry for '{shown(fqn if isinstance(fqn, str) else '?')}' is not a "
+                                 "chunk's file, offset and length")
+        name = getattr(info, "relative_path", None)
+        if not isinstance(name, str) or PurePosixPath(name).name != name or name in ("", ".", ".."):
+            raise damaged(where, f"chunk file {shown(name if isinstance(name, str) else '?')} is not a file name "
+                                 "in the weights directory")
+        stored[fqn] = stored.get(fqn, 0) + info.length
+    for fqn, meta in tensors.items():  # torch.save blobs are larger than their raw data, never smaller
+        if not isinstance(meta, TensorStorageMetadata):
+            continue
+        if math.prod(meta.size) * meta.properties.dtype.itemsize > stored.get(fqn, 0):
+            raise damaged(where, f"tensor '{shown(fqn)}' of shape {list(meta.size)} needs more bytes than its "
+                                 f"chunks hold ({stored.get(fqn, 0)})")
+    return metadata
+
+
+def dist_tensors(open_fn: OpenFn, where: str, num_layers: int,
+                 metadata: Metadata | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """Per-layer ``(fqn, tensor)`` from a ``torch_dist`` dir, reading chunk by chunk.
 
     A stacked tensor ``...decoder.layers.X`` (leading dim = layers) comes out as one
@@ -118,33 +219,40 @@ def dist_tensors(open_fn: OpenFn, where: str, num_layers: int) -> Iterator[tuple
     import torch
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    metadata = read_metadata(open_fn, where)
+    metadata = read_metadata(open_fn, where) if metadata is None else metadata
     storage: dict[str, list] = {}
     for index, info in metadata.storage_data.items():
-        storage.setdefault(index.fqn, []).append((tuple(index.offset), info))
+        if index.offset is not None:  # None: a bytes item (``_extra_state``), never a weight
+            storage.setdefault(index.fqn, []).append((tuple(index.offset), info))
 
     @functools.lru_cache(maxsize=1)  # a chunk spanning several layers is read once
     def chunk(relative_path: str, offset: int, length: int) -> torch.Tensor:
         with reading(f"{where}/{relative_path}", "dist-checkpoint chunk"), open_fn(relative_path) as f:
+            if offset + length > f.seek(0, 2):
+                raise EOFError(f"a chunk at bytes {offset}..{offset + length} lies past the end of the file")
             f.seek(offset)
-            return torch.load(io.BytesIO(f.read(length)), map_location="cpu", weights_only=True)
+            data = torch.load(io.BytesIO(f.read(length)), map_location="cpu", weights_only=True)
+        if not isinstance(data, torch.Tensor):
+            raise damaged(f"{where}/{relative_path}", f"the chunk at byte {offset} is not a tensor")
+        return data
 
     def assemble(fqn: str, shape: tuple[int, ...], dtype: torch.dtype, layer: int | None) -> torch.Tensor:
         out = torch.empty(shape, dtype=dtype)
         for offsets, info in storage.get(fqn, []):
             data = chunk(info.relative_path, info.offset, info.length)
-            if layer is not None:
-                if not offsets[0] <= layer < offsets[0] + data.shape[0]:
-                    continue
-                data, offsets = data[layer - offsets[0]], offsets[1:]
-            out[tuple(slice(o, o + s) for o, s in zip(offsets, data.shape, strict=True))] = data
+            with reading(f"{where}/{info.relative_path}", f"chunk of {shown(fqn)}"):
+                if layer is not None:
+                    if not offsets or not offsets[0] <= layer < offsets[0] + data.shape[0]:
+                        continue
+                    data, offsets = data[layer - offsets[0]], offsets[1:]
+                out[tuple(slice(o, o + s) for o, s in zip(offsets, data.shape, strict=True))] = data
         return out
 
     for fqn, meta in metadata.state_dict_metadata.items():
         if not isinstance(meta, TensorStorageMetadata) or "_extra_state" in fqn:
             continue
         shape, dtype = tuple(meta.size), meta.properties.dtype
-        if ".decoder.layers." in fqn and not _LAYER.search(fqn) and shape[0] == num_layers:
+        if ".decoder.layers." in fqn and not _LAYER.search(fqn) and shape[:1] == (num_layers,):
             head, _, rest = fqn.partition("decoder.layers.")
             for layer in range(num_layers):
                 yield f"{head}decoder.layers.{layer}.{rest}", assemble(fqn, shape[1:], dtype, layer)
@@ -152,22 +260,22 @@ def dist_tensors(open_fn: OpenFn, where: str, num_layers: int) -> Iterator[tuple
             yield fqn, assemble(fqn, shape, dtype, None)
 
 
-def vocab_rows(open_fn: OpenFn, where: str, fqn: str) -> int | None:
+def vocab_rows(metadata: Metadata, fqn: str) -> int | None:
     """Rows of ``fqn`` (e.g. the padded embedding) from the metadata alone."""
-    meta = read_metadata(open_fn, where).state_dict_metadata.get(fqn)
-    return int(meta.size[0]) if meta is not None else None
+    size = getattr(metadata.state_dict_metadata.get(fqn), "size", ())
+    return int(size[0]) if size else None
 
 
-def rope_scaling(config: dict) -> dict | None:
+def rope_scaling(config: Fields) -> dict | None:
     """HF ``rope_scaling`` for Llama 3.1-style NeMo configs (``scale_factor``, ``low_freq_factor``, ...)."""
-    if "scale_factor" not in config and "low_freq_factor" not in config:
+    if "scale_factor" not in config.data and "low_freq_factor" not in config.data:
         return None
     return {
         "rope_type": "llama3",
-        "factor": float(config.get("scale_factor", 8.0)),
-        "low_freq_factor": float(config.get("low_freq_factor", 1.0)),
-        "high_freq_factor": float(config.get("high_freq_factor", 4.0)),
-        "original_max_position_embeddings": int(config.get("old_context_len", 8192)),
+        "factor": config.float("scale_factor", 8.0),
+        "low_freq_factor": config.float("low_freq_factor", 1.0),
+        "high_freq_factor": config.float("high_freq_factor", 4.0),
+        "original_max_position_embeddings": config.int("old_context_len", 8192),
     }
 
 
@@ -182,26 +290,26 @@ def check_llama_family(where: str, *, normalization: str, position_embedding: st
     }
     for key, value in problems.items():
         if value:
-            raise user_error(f"{where}: {key}", f"'{value}' is not a Llama-family model",
+            raise user_error(f"{where}: {key}", f"'{shown(value)}' is not a Llama-family model",
                              "only SwiGLU + RMSNorm + RoPE decoders without biases (Llama, Mistral) are supported")
 
 
-def model_arch(config: dict, *, architecture: str, vocab_size: int, max_positions: int, dtype: str) -> ModelArch:
+def model_arch(config: Fields, *, architecture: str, vocab_size: int, max_positions: int, dtype: str) -> ModelArch:
     """The architecture from the Megatron keys NeMo 1.0 and 2.0 configs share; callers give the rest."""
-    heads = config["num_attention_heads"]
-    return ModelArch(
+    heads, hidden = config.int("num_attention_heads"), config.int("hidden_size")
+    return check_arch(ModelArch(
         architecture=architecture,
-        num_layers=config["num_layers"],
-        hidden_size=config["hidden_size"],
-        intermediate_size=config["ffn_hidden_size"],
+        num_layers=config.int("num_layers"),
+        hidden_size=hidden,
+        intermediate_size=config.int("ffn_hidden_size"),
         num_attention_heads=heads,
-        num_kv_heads=config.get("num_query_groups") or heads,
-        head_dim=config.get("kv_channels") or config["hidden_size"] // heads,
+        num_kv_heads=config.int("num_query_groups", heads),
+        head_dim=config.int("kv_channels", max(hidden // heads, 1)),
         vocab_size=vocab_size,
         max_position_embeddings=max_positions,
-        rope_theta=float(config.get("rotary_base", 10000.0)),
-        rms_norm_eps=float(config.get("layernorm_epsilon", 1e-5)),
-        tie_word_embeddings=bool(config.get("share_embeddings_and_output_weights", False)),
+        rope_theta=config.float("rotary_base", 10000.0),
+        rms_norm_eps=config.float("layernorm_epsilon", 1e-5),
+        tie_word_embeddings=config.bool("share_embeddings_and_output_weights", False),
         rope_scaling=rope_scaling(config),
         dtype=dtype,
-    )
+    ), config.where)

@@ -1,17 +1,25 @@
 """NeMo 1.0 ``.nemo``: a tar (maybe gzip) with ``model_config.yaml``, tokenizer files and weights.
 
-Weights are either a legacy ``model_weights.ckpt`` (one ``torch.save``, extracted and memory-mapped)
-or a dist-ckpt ``model_weights/`` directory (read chunk by chunk straight from the tar).
+Weights are either a legacy ``model_weights.ckpt`` (one zip-format ``torch.save``, whose pickle is read at
+inspection and whose tensors are read one storage at a time straight from the tar) or a dist-ckpt
+``model_weights/`` directory (read chunk by chunk straight from the tar).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from launcher.checkpoints import megatron
 from launcher.checkpoints.archive import Archive
-from launcher.checkpoints.base import Checkpoint, TensorStream, load_torch_file, reading
+from launcher.checkpoints.base import (
+    Checkpoint,
+    Fields,
+    TensorStream,
+    reading,
+    shown,
+    torch_file_index,
+    torch_file_tensors,
+)
 from launcher.errors import user_error
 from launcher.spec import ModelArch
 
@@ -20,81 +28,106 @@ LEGACY_WEIGHTS = "model_weights.ckpt"
 DIST_WEIGHTS = "model_weights"
 _PREFIXES = ("model.module.", "model.")  # megatron_amp_O2 adds "module."
 _DTYPES = {"16": "float16", "16-mixed": "float16", "bf16": "bfloat16", "bf16-mixed": "bfloat16", "32": "float32"}
+_EMBEDDING = "embedding.word_embeddings.weight"
 
 
-def _config(archive: Archive) -> dict[str, Any]:
+def _config(archive: Archive) -> Fields:
     import yaml
 
     if not archive.has(CONFIG):
         raise user_error(str(archive.path), f"no {CONFIG} inside", "is this a NeMo 1.0 .nemo file?")
-    with reading(f"{archive.path}:{CONFIG}", "YAML"), archive.open(CONFIG) as f:
+    text = archive.read_small(CONFIG, "model config")
+    with reading(f"{archive.path}:{CONFIG}", "YAML"):
         try:
-            config = yaml.safe_load(f)
+            config = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ValueError(str(exc)) from exc
     if not isinstance(config, dict):
         raise user_error(f"{archive.path}:{CONFIG}", "not a mapping", "is this a NeMo 1.0 .nemo file?")
-    return config
+    return Fields(config, f"{archive.path}:{CONFIG}")
 
 
-def _tokenizer(archive: Archive, config: dict[str, Any]) -> Path | None:
+def _tokenizer(archive: Archive, config: Fields) -> Path | None:
     """The sentencepiece model the config names (``model: nemo:<hex>_tokenizer.model``), on disk."""
-    spec = config.get("tokenizer") or {}
-    model = str(spec.get("model") or "")
-    if spec.get("library") != "sentencepiece" or not model:
+    spec = config.child("tokenizer")
+    model = spec.str("model", "")
+    if spec.data.get("library") != "sentencepiece" or not model:
         return None
-    matches = archive.glob(f"*{model.removeprefix('nemo:').rsplit('/', 1)[-1]}")
+    file_name = model.removeprefix("nemo:").rsplit("/", 1)[-1]
+    matches = [name for name in archive.names() if name.rsplit("/", 1)[-1] == file_name]
     if not matches:
-        raise user_error(f"{archive.path}:{CONFIG}", f"tokenizer.model '{model}' is not in the archive",
+        raise user_error(f"{archive.path}:{CONFIG}", f"tokenizer.model '{shown(model)}' is not in the archive",
                          "the .nemo file is incomplete")
     return archive.local(matches[0]) / matches[0]
 
 
-def _vocab_size(tokenizer: Path | None, archive: Archive) -> int:
+class _Weights:
+    """The weights of a ``.nemo``: their index (read at inspection) and a stream of Megatron-named tensors."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive, self.where = archive, f"{archive.path}:{DIST_WEIGHTS}"
+        self.legacy = archive.has(LEGACY_WEIGHTS)
+        if self.legacy:
+            where = f"{archive.path}:{LEGACY_WEIGHTS}"
+            with archive.open(LEGACY_WEIGHTS) as f:
+                state = torch_file_index(f, where)
+            self.index = state.get("state_dict", state)
+            if not isinstance(self.index, dict):
+                raise user_error(where, "its state_dict is not a mapping", "re-save the checkpoint")
+        else:
+            self.metadata = megatron.read_metadata(self._open_dist, self.where)
+
+    def _open_dist(self, name: str):
+        return self.archive.open(f"{DIST_WEIGHTS}/{name}")
+
+    def vocab_rows(self) -> int | None:
+        """Rows of the (padded) embedding, from the index alone."""
+        if self.legacy:
+            rows = [t.shape[0] for k, t in self.index.items() if str(k).endswith(_EMBEDDING) and t.dim()]
+            return rows[0] if rows else None
+        return megatron.vocab_rows(self.metadata, f"model.{_EMBEDDING}")
+
+    def tensors(self, num_layers: int) -> TensorStream:
+        if self.legacy:
+            with self.archive.open(LEGACY_WEIGHTS) as f:
+                yield from torch_file_tensors(f, f"{self.where}:{LEGACY_WEIGHTS}", self.index)
+        else:
+            yield from megatron.dist_tensors(self._open_dist, self.where, num_layers, self.metadata)
+
+
+def _vocab_size(tokenizer: Path | None, weights: _Weights, where: str) -> int:
     """The real vocabulary: the tokenizer's (Megatron pads the embedding rows), else the embedding's rows."""
     if tokenizer is not None:
         import sentencepiece
 
         with reading(tokenizer, "sentencepiece model"):
             return sentencepiece.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size()
-    if archive.has(LEGACY_WEIGHTS):
-        state = load_torch_file(archive.local(LEGACY_WEIGHTS) / LEGACY_WEIGHTS)
-        state = state.get("state_dict", state)
-        name = next(k for k in state if k.endswith("embedding.word_embeddings.weight"))
-        return state[name].shape[0]
-    rows = megatron.vocab_rows(lambda n: archive.open(f"{DIST_WEIGHTS}/{n}"), str(archive.path),
-                               "model.embedding.word_embeddings.weight")
-    if rows is None:
-        raise user_error(str(archive.path), "cannot tell the vocabulary size", "add the tokenizer to the .nemo")
+    rows = weights.vocab_rows()
+    if not rows:
+        raise user_error(where, "cannot tell the vocabulary size", "add the tokenizer to the .nemo")
     return rows
 
 
-def arch_from_config(config: dict[str, Any], vocab_size: int, where: str) -> ModelArch:
+def arch_from_config(config: Fields, vocab_size: int) -> ModelArch:
     """The architecture of a flat NeMo 1.0 ``model_config.yaml``."""
     megatron.check_llama_family(
-        where, normalization=str(config.get("normalization", "")),
-        position_embedding=str(config.get("position_embedding_type", "learned_absolute")),
-        swiglu=str(config.get("activation")) in ("swiglu", "fast-swiglu"), bias=bool(config.get("bias", True)),
+        config.where, normalization=config.str("normalization", ""),
+        position_embedding=config.str("position_embedding_type", "learned_absolute"),
+        swiglu=config.str("activation", "gelu") in ("swiglu", "fast-swiglu"), bias=config.bool("bias", True),
     )
     for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size"):
-        if int(config.get(key) or 1) != 1:
-            raise user_error(f"{where}: {key}", "sharded (TP/PP > 1) .nemo files are not supported yet",
+        if config.int(key, 1) != 1:
+            raise user_error(f"{config.where}: {key}", "sharded (TP/PP > 1) .nemo files are not supported yet",
                              "re-save the model with TP=PP=1")
     return megatron.model_arch(
         config, architecture="LlamaForCausalLM", vocab_size=vocab_size,
-        max_positions=config.get("max_position_embeddings") or config.get("encoder_seq_length", 4096),
-        dtype=_DTYPES.get(str(config.get("precision", 32)), "float32"),
+        max_positions=config.int(config.key("max_position_embeddings", "encoder_seq_length"), 4096),
+        dtype=_DTYPES.get(str(config.data.get("precision", 32)), "float32"),
     )
 
 
-def _tensors(archive: Archive, arch: ModelArch) -> TensorStream:
-    if archive.has(LEGACY_WEIGHTS):
-        state = load_torch_file(archive.local(LEGACY_WEIGHTS) / LEGACY_WEIGHTS)
-        named = state.get("state_dict", state).items()
-    else:
-        named = megatron.dist_tensors(lambda n: archive.open(f"{DIST_WEIGHTS}/{n}"), str(archive.path),
-                                      arch.num_layers)
-    for name, tensor in named:
+def _tensors(weights: _Weights, arch: ModelArch) -> TensorStream:
+    for name, tensor in weights.tensors(arch.num_layers):
         yield from megatron.to_hf(megatron.strip_prefix(name, _PREFIXES), tensor, arch)
 
 
@@ -105,6 +138,7 @@ def read(path: Path) -> Checkpoint:
         raise user_error(str(path), f"neither {LEGACY_WEIGHTS} nor {DIST_WEIGHTS}/.metadata inside",
                          "TP/PP-sharded (mp_rank_*) .nemo files are not supported; re-save with TP=PP=1")
     tokenizer = _tokenizer(archive, config)
-    arch = arch_from_config(config, _vocab_size(tokenizer, archive), f"{path}:{CONFIG}")
+    weights = _Weights(archive)
+    arch = arch_from_config(config, _vocab_size(tokenizer, weights, str(path)))
     return Checkpoint(path=path, format="nemo", arch=arch, tokenizer=tokenizer,
-                      stream=lambda: _tensors(archive, arch))
+                      stream=lambda: _tensors(weights, arch))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import IO, Any
+from pathlib import Path, PurePosixPath
+from typing import IO, TYPE_CHECKING
 
 from launcher.checkpoints import megatron
-from launcher.checkpoints.base import Checkpoint, TensorStream, reading
+from launcher.checkpoints.base import Checkpoint, Fields, TensorStream, reading
 from launcher.checkpoints.hf import check_architecture
 from launcher.errors import user_error
 from launcher.spec import ModelArch
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.metadata import Metadata
 
 _ARCHITECTURES = {"LlamaModel": "LlamaForCausalLM", "MistralModel": "MistralForCausalLM"}
 _DTYPES = {"torch.bfloat16": "bfloat16", "torch.float16": "float16", "torch.float32": "float32"}
@@ -19,7 +22,7 @@ def is_nemo2(path: Path) -> bool:
     return path.is_dir() and (path / "context").is_dir() and (path / "weights").is_dir()
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
+def _load_yaml(path: Path) -> Fields:
     import yaml
 
     if not path.is_file():
@@ -31,54 +34,62 @@ def _load_yaml(path: Path) -> dict[str, Any]:
             raise ValueError(str(exc)) from exc
     if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
         raise user_error(str(path), "no 'config' mapping", "is this a NeMo 2.0 context/model.yaml?")
-    return data
+    return Fields(data, str(path))
 
 
-def arch_from_model_yaml(model: dict[str, Any], where: str) -> ModelArch:
+def arch_from_model_yaml(model: Fields, where: str) -> ModelArch:
     """The architecture of a NeMo 2.0 ``context/model.yaml`` (its ``_target_`` and ``config``)."""
-    target = str(model.get("_target_", "?")).rsplit(".", 1)[-1]
+    target = model.str("_target_", "?").rsplit(".", 1)[-1]
     architecture = check_architecture(_ARCHITECTURES.get(target, f"{target} (NeMo)"), f"{where}: _target_")
-    c = model["config"]
+    c = model.child("config")
     megatron.check_llama_family(
-        where, normalization=str(c.get("normalization", "")), position_embedding=str(c.get("position_embedding_type")),
-        swiglu=bool(c.get("gated_linear_unit")) and "silu" in str(c.get("activation_func")),
-        bias=bool(c.get("add_bias_linear") or c.get("add_qkv_bias")),
+        where, normalization=c.str("normalization", ""), position_embedding=c.str("position_embedding_type", ""),
+        swiglu=c.bool("gated_linear_unit", False) and "silu" in str(c.data.get("activation_func")),
+        bias=c.bool("add_bias_linear", False) or c.bool("add_qkv_bias", False),
     )
-    params_dtype = (c.get("params_dtype") or {}).get("_target_")
+    params_dtype = c.child("params_dtype").str("_target_", "")
     return megatron.model_arch(
-        c, architecture=architecture, vocab_size=c["vocab_size"], max_positions=c.get("seq_length", 4096),
-        dtype=_DTYPES.get(params_dtype, "bfloat16" if c.get("bf16") else "float32"),
+        c, architecture=architecture, vocab_size=c.int("vocab_size"), max_positions=c.int("seq_length", 4096),
+        dtype=_DTYPES.get(params_dtype, "bfloat16" if c.bool("bf16", False) else "float32"),
     )
 
 
-def tokenizer_path(context: Path, tokenizer: dict[str, Any]) -> Path | None:
-    """``context/<pretrained_model_name>`` (HF) or ``context/<model_path>`` (sentencepiece), if present."""
+def tokenizer_path(context: Path, tokenizer: Fields) -> Path | None:
+    """``context/<pretrained_model_name>`` (HF) or ``context/<model_path>`` (sentencepiece), if present.
+
+    Only paths inside ``context/`` count: a name that is absolute or climbs out with ``..`` (a hub id, or a
+    path on the machine that wrote the checkpoint) falls through to the standard ``nemo_tokenizer``.
+    """
     for key in ("pretrained_model_name", "model_path"):
-        if tokenizer.get(key) and (context / str(tokenizer[key])).exists():
-            return context / str(tokenizer[key])
+        name = tokenizer.str(key, "")
+        inside = name and not PurePosixPath(name).is_absolute() and ".." not in PurePosixPath(name).parts
+        if inside and (context / name).exists():
+            return context / name
     return next((p for p in (context / "nemo_tokenizer", context / "tokenizer.model") if p.exists()), None)
 
 
-def _tensors(weights: Path, arch: ModelArch) -> TensorStream:
+def _tensors(weights: Path, arch: ModelArch, metadata: Metadata) -> TensorStream:
     def open_file(name: str) -> IO[bytes]:
         return (weights / name).open("rb")
 
-    for fqn, tensor in megatron.dist_tensors(open_file, str(weights), arch.num_layers):
+    for fqn, tensor in megatron.dist_tensors(open_file, str(weights), arch.num_layers, metadata):
         yield from megatron.to_hf(megatron.strip_prefix(fqn, ("module.",)), tensor, arch)
 
 
 def read(path: Path) -> Checkpoint:
-    model = _load_yaml(path / "context" / "model.yaml")
-    arch = arch_from_model_yaml(model, str(path / "context" / "model.yaml"))
+    model_yaml = path / "context" / "model.yaml"
+    model = _load_yaml(model_yaml)
+    arch = arch_from_model_yaml(model, str(model_yaml))
     weights = path / "weights"
     for required in (".metadata", "metadata.json"):
         if not (weights / required).is_file():
             raise user_error(str(weights / required), "missing",
                              "the NeMo 2.0 checkpoint is incomplete; copy its whole weights/ directory")
+    metadata = megatron.read_metadata(lambda name: (weights / name).open("rb"), str(weights))
     return Checkpoint(
         path=path,
         format="nemo2",
         arch=arch,
-        tokenizer=tokenizer_path(path / "context", model.get("tokenizer") or {}),
-        stream=lambda: _tensors(weights, arch),
+        tokenizer=tokenizer_path(path / "context", model.child("tokenizer")),
+        stream=lambda: _tensors(weights, arch, metadata),
     )

@@ -10,10 +10,18 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
 from launcher.checkpoints.archive import Archive
-from launcher.checkpoints.base import Checkpoint, TensorStream, read_safetensors, reading
+from launcher.checkpoints.base import (
+    Checkpoint,
+    Fields,
+    SafetensorsEntry,
+    TensorStream,
+    check_arch,
+    read_safetensors,
+    reading,
+    safetensors_index,
+)
 from launcher.checkpoints.hf import check_architecture
 from launcher.errors import user_error
 from launcher.spec import ModelArch
@@ -35,53 +43,72 @@ def is_qnemo_dir(path: Path) -> bool:
     return "architecture" in read_json(path / "config.json")
 
 
-def arch_from_config(config: dict[str, Any], where: str) -> ModelArch:
+def arch_from_config(config: Fields) -> ModelArch:
     """The architecture of a TensorRT-LLM ``config.json`` (singular ``architecture``)."""
-    architecture = check_architecture(str(config.get("architecture")), f"{where}: architecture")
-    try:
-        heads = config["num_attention_heads"]
-        return ModelArch(
-            architecture=architecture,
-            num_layers=config["num_hidden_layers"],
-            hidden_size=config["hidden_size"],
-            intermediate_size=config.get("intermediate_size") or 4 * config["hidden_size"],
-            num_attention_heads=heads,
-            num_kv_heads=config.get("num_key_value_heads") or heads,
-            head_dim=config.get("head_size") or config["hidden_size"] // heads,
-            vocab_size=config["vocab_size"],
-            max_position_embeddings=config.get("max_position_embeddings") or 4096,
-            rope_theta=float(config.get("rotary_base", 10000.0)),
-            rms_norm_eps=float(config.get("norm_epsilon", 1e-5)),
-            tie_word_embeddings=bool(config.get("share_embedding_table", config.get("tie_word_embeddings", False))),
-            rope_scaling=config.get("rotary_scaling"),
-            dtype=str(config["dtype"]),
-        )
-    except KeyError as exc:
-        raise user_error(f"{where}: {exc.args[0]}", "missing", "a TensorRT-LLM config.json needs it") from exc
+    architecture = check_architecture(config.str("architecture", "?"), f"{config.where}: architecture")
+    heads, hidden = config.int("num_attention_heads"), config.int("hidden_size")
+    rotary_scaling = config.mapping("rotary_scaling")
+    return check_arch(ModelArch(
+        architecture=architecture,
+        num_layers=config.int("num_hidden_layers"),
+        hidden_size=hidden,
+        intermediate_size=config.int("intermediate_size", 4 * hidden),
+        num_attention_heads=heads,
+        num_kv_heads=config.int("num_key_value_heads", heads),
+        head_dim=config.int("head_size", max(hidden // heads, 1)),
+        vocab_size=config.int("vocab_size"),
+        max_position_embeddings=config.int("max_position_embeddings", 4096),
+        rope_theta=config.float("rotary_base", 10000.0),
+        rms_norm_eps=config.float("norm_epsilon", 1e-5),
+        tie_word_embeddings=config.bool(config.key("share_embedding_table", "tie_word_embeddings"), False),
+        rope_scaling=rotary_scaling,
+        dtype=config.str("dtype"),
+    ), config.where)
 
 
-def _tensors(archive: Archive) -> TensorStream:
+def _mapping(config: Fields) -> dict[str, int] | None:
+    """The TensorRT-LLM split (``world_size``, ``tp_size``, ``pp_size`` ...): a mapping of positive integers."""
+    mapping = config.child("mapping")
+    return {key: mapping.int(key) for key in mapping.data} or None
+
+
+def _ranks(archive: Archive) -> list[str]:
     ranks = sorted((int(m[1]), name) for name in archive.names() if (m := _RANK.fullmatch(name)))
-    for _, name in ranks:
+    return [name for _, name in ranks]
+
+
+def _indexes(archive: Archive) -> dict[str, list[SafetensorsEntry]]:
+    """Each rank file's checked safetensors header (only the headers are read)."""
+    indexes = {}
+    for name in _ranks(archive):
         with archive.open(name) as f:
-            yield from read_safetensors(f, f"{archive.path}:{name}")
+            indexes[name] = safetensors_index(f, f"{archive.path}:{name}")
+    return indexes
+
+
+def _tensors(archive: Archive, indexes: dict[str, list[SafetensorsEntry]]) -> TensorStream:
+    for name, entries in indexes.items():
+        with archive.open(name) as f:
+            yield from read_safetensors(f, f"{archive.path}:{name}", entries)
 
 
 def read(path: Path) -> Checkpoint:
     archive = Archive(path)
     if not looks_like_qnemo(archive.names()):
         raise user_error(str(path), "no config.json + rank0.safetensors inside", "is this a .qnemo checkpoint?")
-    with reading(f"{path}:config.json", "JSON"), archive.open("config.json") as f:
-        config = json.load(f)
+    with reading(f"{path}:config.json", "JSON"):
+        config = Fields(json.loads(archive.read_small("config.json", "config")), f"{path}:config.json")
     tokenizer_files = [n for n in _TOKENIZER_FILES if archive.has(n)]
+    arch = arch_from_config(config)
+    indexes = None if archive.compressed else _indexes(archive)  # gzip: no random access until export
     return Checkpoint(
         path=path,
         format="qnemo",
-        arch=arch_from_config(config, f"{path}:config.json"),
+        arch=arch,
         tokenizer=archive.local(*tokenizer_files) if tokenizer_files else None,
-        quantization=config.get("quantization"),
-        mapping=config.get("mapping"),
-        stream=lambda: _tensors(archive),
+        quantization=config.mapping("quantization"),
+        mapping=_mapping(config),
+        stream=lambda: _tensors(archive, indexes if indexes is not None else _indexes(archive)),
     )
 
 

@@ -85,3 +85,19 @@ def test_tokenizer_round_trips_to_hf_files(case: str, tmp_path: Path) -> None:
     assert saved(text, add_special_tokens=False).input_ids == expected
     assert (ids["bos_token_id"], ids["eos_token_id"]) == (1, 2)
     assert len(saved) == tiny.VOCAB
+
+
+NEMO_WRITTEN = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "nemo-written" / "llama-gqa"
+
+
+@pytest.mark.skipif(not NEMO_WRITTEN.is_dir(), reason="the shared NeMo-written fixture is not on this machine")
+def test_nemo_written_nemo2_streams_the_hf_weights_bit_for_bit() -> None:
+    """NeMo 2.7.3's own torch_dist files (bytes items with no offset included) give the HF model's tensors."""
+    from safetensors.torch import load_file
+
+    checkpoint = inspect(NEMO_WRITTEN / "nemo2")
+    expected = load_file(NEMO_WRITTEN / "hf" / "model.safetensors")
+    tensors = dict(checkpoint.tensors())
+    assert sorted(tensors) == sorted(expected)
+    for name, tensor in tensors.items():
+        assert tensor.dtype == expected[name].dtype and torch.equal(tensor, expected[name]), name
