@@ -21,6 +21,7 @@ from launcher.spec import PORT_KEYS
 Rule = Callable[[Deployment], list[Problem]]
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # Triton's model-name charset, safe as a path component
 MAX_NAME = 128
+HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]+\]?")  # name, IPv4, IPv6
 BREAKS = re.compile(r"[\n\r\x00]")
 MULTILINE_KEYS = {"smoke.prompt"}
 FORMAT_NAMES = {"hf": "Hugging Face", "gguf": "GGUF", "nemo": "NeMo 1.0 .nemo", "nemo2": "NeMo 2.0",
@@ -168,6 +169,15 @@ def ports_in_range(dep: Deployment) -> list[Problem]:
     return problems
 
 
+def host_is_an_address(dep: Deployment) -> list[Problem]:
+    """``server.host`` is what the servers bind: an IP address or a host name, nothing a shell or URL parses."""
+    host = dep.spec.server.host
+    if HOST.fullmatch(host) or BREAKS.search(host):  # a line break is no_line_breaks' to report
+        return []
+    return [Problem("server.host", f"'{host}' is not an IP address or host name",
+                    "e.g. server.host=127.0.0.1 (this machine only) or server.host=0.0.0.0 (every interface)")]
+
+
 def names_are_path_components(dep: Deployment) -> list[Problem]:
     """Names become directory names (the deployment, the export cache entry, Triton's model directory)."""
     spec = dep.spec
@@ -175,7 +185,7 @@ def names_are_path_components(dep: Deployment) -> list[Problem]:
                     f"or digit, at most {MAX_NAME} characters)", f"set {key}=<such a name>")
             for key, value in (("name", spec.name), ("model.name", spec.model.name),
                                ("model.served_name", spec.model.served_name))
-            if not NAME.fullmatch(value) or len(value) > MAX_NAME]
+            if not (NAME.fullmatch(value) and len(value) <= MAX_NAME) and not BREAKS.search(value)]
 
 
 def no_line_breaks(dep: Deployment) -> list[Problem]:
@@ -203,7 +213,8 @@ def strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
         yield key, str(value.value)
 
 
-SPEC_RULES: tuple[Rule, ...] = (positive_sizes, ports_in_range, names_are_path_components, no_line_breaks)
+SPEC_RULES: tuple[Rule, ...] = (positive_sizes, ports_in_range, host_is_an_address, names_are_path_components,
+                                no_line_breaks)
 
 RULES: tuple[Rule, ...] = (
     checkpoint_available,
