@@ -50,7 +50,8 @@ def facts(git_dir: str, ref: str) -> dict:
         aliases = dict_keys(preset_source, "QFORMAT_ALIASES")
         qformats, kv = sorted({*presets["model"], *aliases}), sorted({"none", *presets["kv"]})
     else:
-        qformats, kv = dict_keys(source, "QUANT_CFG_CHOICES"), sorted({"none", *dict_keys(source, "KV_QUANT_CFG_CHOICES")})
+        qformats = dict_keys(source, "QUANT_CFG_CHOICES")
+        kv = sorted({"none", *dict_keys(source, "KV_QUANT_CFG_CHOICES")})
     version = ref if ref != "HEAD" else git(git_dir, "describe", "--tags", "--abbrev=0", "HEAD").strip() + "+HEAD"
     return {"version": version, "commit": git(git_dir, "rev-parse", f"{ref}^{{commit}}").strip(), "script": script,
             "flags": flags, "qformats": qformats, "kv_cache_qformats": kv}
