@@ -200,3 +200,37 @@ def test_schema_script_reads_pydantic_fields(tmp_path: Path) -> None:
                                                  "backend": "Literal['pytorch']"}
     assert schema["classes"]["KvCacheConfig"] == {"enable_block_reuse": "bool"}
     assert schema["decoding_types"] == ["NGram"]
+
+
+@pytest.mark.parametrize("runtime", ["llmapi", "engine"])
+@pytest.mark.parametrize("target", ["local", "docker", "k8s", "slurm"])
+def test_each_rank_command_on_every_target(runtime: str, target: str) -> None:
+    """Two ranks: rank 0 loads every model, rank 1 only the rank model; each has its own shm prefix, the
+    wrapper where the runtime needs it, and (this machine's server) the backend directory — rank 0 too."""
+    from launcher.backends import get_backend
+    from launcher.deployment import resolve
+    from launcher.pipeline import typed_spec
+    from launcher.targets import get_target
+    from tests.conftest import compose_spec
+
+    spec = typed_spec(compose_spec([*LLAMA, "hardware=h100x2", "backend.tensor_parallel=2",
+                                    f"backend.runtime={runtime}", f"target={target}", "action=plan"]))
+    dep, backend = resolve(spec), get_backend("trtllm")
+    launch = get_target(target).launch(dep, backend.plan(dep), backend)
+    assert len(launch.ranks) == 2
+    rank_model = "llm" if runtime == "llmapi" else "tensorrt_llm"
+    host = target in ("local", "slurm")  # this machine's tritonserver (slurm without an image)
+    for rank, argv in enumerate(launch.ranks):
+        server = argv[1:] if runtime == "llmapi" else argv
+        assert (argv[0] == "trtllm-llmapi-launch") == (runtime == "llmapi")
+        assert Path(server[0]).name == "tritonserver"
+        assert f"--backend-config=python,shm-region-prefix-name=prefix{rank}_" in argv
+        assert (f"--load-model={rank_model}" in argv) == (rank > 0)
+    with_dir = {any(a.startswith("--backend-directory=") for a in argv) for argv in launch.ranks}
+    assert len(with_dir) == 1  # rank 0 gets the backend directory exactly when the others do
+    if host:
+        from launcher.triton import find_triton
+
+        assert with_dir == {find_triton(None).root is not None}  # the wheel's server needs it
+    else:
+        assert with_dir == {False}  # NVIDIA's container brings its backends
