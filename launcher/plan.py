@@ -57,6 +57,7 @@ class Plan:
     steps: list[Step]
     models: list[TritonModel]
     placement: list[Placement] = field(default_factory=list)  # empty on CPU hardware
+    lock: dict[str, Any] = field(default_factory=dict)  # what lock.json records of the backend's choices
 
 
 # ------------------------------------------------------------------------------- the launch contract

@@ -154,9 +154,10 @@ def versions(backend: Backend) -> dict[str, str | None]:
     return found
 
 
-def lock(dep: Deployment, backend: Backend, writer: Writer) -> dict[str, Any]:
-    """What is needed to reproduce the render: checkpoint identity, versions, and the digest of every
-    template used and every file written (lock.json itself aside)."""
+def lock(dep: Deployment, plan: Plan, backend: Backend, writer: Writer) -> dict[str, Any]:
+    """What is needed to reproduce the render: checkpoint identity, versions, the backend's own record
+    (``plan.lock``, e.g. the container row used), and the digest of every template used and every file
+    written (lock.json itself aside)."""
     ckpt = dep.checkpoint
     return {
         "checkpoint": {
@@ -165,6 +166,7 @@ def lock(dep: Deployment, backend: Backend, writer: Writer) -> dict[str, Any]:
             "fingerprint": ckpt.fingerprint() if ckpt else None,
         },
         "versions": versions(backend),
+        **plan.lock,
         "templates": dict(sorted(writer.templates.items())),
         "files": dict(sorted(writer.files.items())),
     }
@@ -195,7 +197,7 @@ def render(dep: Deployment, plan: Plan, launch: Launch, backend: Backend, spec_y
         for file in launch.files:
             writer.launch_file(file)
         writer.text(MARKER, spec_yaml)
-        (tmp / LOCK).write_text(json.dumps(lock(dep, backend, writer), indent=2) + "\n")
+        (tmp / LOCK).write_text(json.dumps(lock(dep, plan, backend, writer), indent=2) + "\n")
         _replace_dir(tmp, output_dir)
     except OSError as err:  # disk full, a read-only or vanished directory
         shutil.rmtree(tmp, ignore_errors=True)

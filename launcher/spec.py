@@ -134,10 +134,11 @@ class TargetSpec:
 @dataclass
 class ContainerTargetSpec(TargetSpec):
     """Targets that run NVIDIA's Triton container ``<registry>:<tag>-<suffix>``, the suffix being the
-    backend's own (``Backend.container_suffix``) unless set here."""
+    backend's own (``Backend.container_suffix``) unless set here; ``tag: null`` is the default row of
+    ``launcher/containers.json`` for the backend (and runtime)."""
 
     registry: str = "nvcr.io/nvidia/tritonserver"
-    tag: str = "25.01"
+    tag: str | None = None
     suffix: str | None = None
 
 

@@ -7,6 +7,7 @@ import importlib.util
 import re
 import shlex
 
+from launcher import containers
 from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import Problem
@@ -48,11 +49,21 @@ def fixed_ports(dep: Deployment) -> list[Problem]:
             for key in PORT_KEYS if getattr(dep.spec.server, key) == 0]
 
 
+def container_tag(dep: Deployment, backend: Backend) -> str:
+    """``target.tag``, or the backend's default (its ``container_tag`` fact), or the table's newest row."""
+    target = dep.spec.target
+    assert isinstance(target, ContainerTargetSpec)
+    if target.tag:
+        return str(target.tag)
+    fact = getattr(backend, "container_tag", None)
+    return fact(dep) if fact is not None else containers.default(backend.name).tag
+
+
 def container_image(dep: Deployment, backend: Backend) -> str:
     """NVIDIA's Triton container for the backend: ``<registry>:<tag>-<suffix>``."""
     target = dep.spec.target
     assert isinstance(target, ContainerTargetSpec)
-    return f"{target.registry}:{target.tag}-{target.suffix or backend.container_suffix}"
+    return f"{target.registry}:{container_tag(dep, backend)}-{target.suffix or backend.container_suffix}"
 
 
 def container_command(dep: Deployment, repository: str) -> ServerCommand:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from launcher import containers
 from launcher.backends import BACKENDS, get_backend
 from launcher.errors import LauncherError
 from tests.conformance import HARDWARE, TARGETS, check_plan, check_render
@@ -27,7 +28,9 @@ def test_backend(conformance, backend: str, hardware: str, target: str) -> None:
         return
     out = case.output_dir
     assert set(plugin.engine_packages) <= set(json.loads((out / "lock.json").read_text())["versions"])
-    image = f"nvcr.io/nvidia/tritonserver:25.01-{plugin.container_suffix}"  # NVIDIA's container for the backend
+    # NVIDIA's container for the backend, at the table's default row for it (launcher/containers.json)
+    default = containers.default(backend if backend != "trtllm" else "llmapi").tag
+    image = f"nvcr.io/nvidia/tritonserver:{default}-{plugin.container_suffix}"
     if target == "docker":
         assert image in docker_argv(out)
     elif target == "k8s":

@@ -9,6 +9,7 @@ import pytest
 import yaml
 from pytest import param
 
+from launcher import containers
 from launcher.errors import LauncherError
 from tests.conftest import run_cli
 
@@ -33,7 +34,8 @@ def test_h100x8_manifests_are_valid_and_derived_from_the_spec(run_deploy, backen
     assert deployment["spec"]["replicas"] == 2
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
-    assert container["image"] == f"nvcr.io/nvidia/tritonserver:25.01-{backend}-python-py3"
+    tag = containers.default("llmapi" if backend == "trtllm" else backend).tag  # the table's row for the backend
+    assert container["image"] == f"nvcr.io/nvidia/tritonserver:{tag}-{backend}-python-py3"
     resources = container["resources"]
     assert resources["limits"] == {"nvidia.com/gpu": 8}
     assert resources["requests"]["nvidia.com/gpu"] == 8 and resources["requests"]["cpu"] == "16"

@@ -18,7 +18,7 @@ SHELLCHECK = str(Path(sys.executable).parent / "shellcheck")
 HOSTILE_DIR = "dep 'x' $(touch pwned) \"q\" `id` %j"
 TRTLLM_2X8 = ("model=llama3-70b", "backend=trtllm", "hardware=h100x8n2", "backend.tensor_parallel=8",
               "backend.pipeline_parallel=2", "precision=bf16")
-IMAGE = "nvcr.io#nvidia/tritonserver:25.01-trtllm-python-py3"
+IMAGE = "nvcr.io#nvidia/tritonserver:26.07-trtllm-python-py3"  # llmapi: TensorRT-LLM 1.2.1
 ARGV_DUMP = "#!/usr/bin/env python3\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n"
 
 
@@ -71,7 +71,7 @@ def test_docker_command_for_two_nodes_of_eight_gpus(run_deploy, tmp_path: Path) 
     assert ports == ["127.0.0.1:8000:8000", "127.0.0.1:8001:8001", "127.0.0.1:8002:8002"]
     assert "--shm-size=2g" in argv
     image = next(word for word in argv if word.startswith("nvcr.io/"))
-    assert image == "nvcr.io/nvidia/tritonserver:25.01-trtllm-python-py3"
+    assert image == "nvcr.io/nvidia/tritonserver:25.05-trtllm-python-py3"  # engine: TensorRT-LLM 0.19.0
     ranks = mpirun_segments(argv)
     assert len(ranks) == 16
     assert all("--model-repository=/triton/model_repository" in rank for rank in ranks)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from launcher.backends.base import CONVERTIBLE
-from launcher.backends.trtllm import engine, llmapi
+from launcher.backends.trtllm import engine, llmapi, versions
 from launcher.deployment import Deployment
 from launcher.errors import Problem
 from launcher.plan import Plan, ServerCommand
@@ -44,12 +44,18 @@ class TrtllmBackendSpec(BackendSpec):
     max_num_tokens: int = 8192  # tokens per engine step (trtllm-build --max_num_tokens, LLM max_num_tokens)
     max_beam_width: int = 1
     exclude_input_in_output: bool = True  # engine: text_output holds only the generated text
-    enable_kv_cache_reuse: bool = False
-    enable_chunked_context: bool = False
+    enable_kv_cache_reuse: bool = True  # prefix reuse (llmapi kv_cache_config.enable_block_reuse), upstream's default
+    enable_chunked_context: bool = False  # chunked prefill (llmapi enable_chunked_prefill)
+    cuda_graphs: bool = True  # llmapi cuda_graph_config (null turns them off); engine cuda_graph_mode
+    speculative_decoding: str | None = None  # llmapi speculative_config.decoding_type, e.g. NGram, Eagle, MTP
+    speculative_model: str | None = None  # the draft model / heads directory where the decoding type needs one
+    max_draft_len: int = 4  # draft tokens per step with speculative_decoding
     batching_strategy: BatchingStrategy = BatchingStrategy.inflight_fused_batching  # engine gpt_model_type
     batch_scheduler_policy: BatchSchedulerPolicy = BatchSchedulerPolicy.guaranteed_no_evict
     bls: bool = False  # engine: also render tensorrt_llm_bls (a Python BLS entry point beside the ensemble)
-    trtllm_version: str = "0.17.0"  # TensorRT-LLM in the serving container; part of the engine cache key
+    # TensorRT-LLM in the serving container; None: the one target.tag's container ships (launcher/containers.json);
+    # set it to pick a container by version, or for a container the table has no version for. Keys the engine cache.
+    trtllm_version: str | None = None
     engine_parameters: dict[str, str] = field(default_factory=dict)  # overrides of engine.ENGINE_DEFAULTS
 
 
@@ -75,7 +81,7 @@ class TrtllmBackend:
         elif hw.compute_capability < 7.0:
             problems.append(Problem("hardware", f"TensorRT-LLM needs compute capability >= 7.0 (Volta); "
                                     f"{hw.gpu} has {hw.compute_capability}", "pick a newer GPU"))
-        return problems + engine.parameter_problems(dep) + runtime(dep).problems(dep)
+        return problems + versions.problems(dep) + engine.parameter_problems(dep) + runtime(dep).problems(dep)
 
     def plan(self, dep: Deployment) -> Plan:
         return runtime(dep).plan(dep)
@@ -85,6 +91,11 @@ class TrtllmBackend:
 
     def server_ranks(self, dep: Deployment, plan: Plan, command: ServerCommand) -> list[list[str]]:
         return runtime(dep).server_ranks(dep, command)
+
+    def container_tag(self, dep: Deployment) -> str:
+        """The container the deployment renders for (``launcher/containers.json``)."""
+        row = versions.container(dep)
+        return row.tag if row else versions.containers.default(versions.runtime_name(dep)).tag
 
     def backend_files(self, dep: Deployment) -> dict[str, Path]:
         """None: both runtimes run in NVIDIA's TensorRT-LLM container, which brings its backends."""

@@ -1,8 +1,7 @@
-"""What both TensorRT-LLM runtimes share: quantization rules, the HF source, container releases, ranks."""
+"""What both TensorRT-LLM runtimes share: quantization rules, the KV cache dtype, the HF source, ranks."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from launcher.backends.base import hf_export, serving_dtype, tritonserver_args
@@ -14,15 +13,30 @@ ENGINE_MODEL = "tensorrt_llm"  # the C++-backend model every rank above 0 loads
 QFORMATS = {"FP8": "fp8", "W4A16_AWQ": "int4_awq", "W8A8_SQ_PER_CHANNEL": "int8_sq"}  # quant_algo -> qformat
 
 
-def container_release(tag: str) -> tuple[int, int] | None:
-    """``"25.01"`` (optionally with a suffix) -> ``(25, 1)``; None if the tag is not a Triton release."""
-    match = re.fullmatch(r"(\d{2})\.(\d{2})(?:[.-].*)?", tag)
-    return (int(match[1]), int(match[2])) if match else None
-
-
 def checkpoint_quant_algo(dep: Deployment) -> str | None:
     """The quantization the local checkpoint already carries (None when unknown or not quantized)."""
     return dep.checkpoint.quant_algo if dep.checkpoint is not None else None
+
+
+def kv_cache_quant(dep: Deployment) -> str | None:
+    """The KV cache's quantized dtype (``fp8``/``int8``), or None for a 16-bit KV cache: FP8 when the
+    checkpoint carries calibrated FP8 KV scales (``kv_cache_quant_algo``), else the precision's."""
+    if dep.checkpoint is not None and dep.checkpoint.kv_cache_quant_algo == "FP8":
+        return "fp8"
+    kv = dep.spec.precision.kv_cache
+    return None if kv == "auto" else kv
+
+
+def kv_scale_warning(dep: Deployment) -> str:
+    """A plan warning when a quantized KV cache gets no calibrated scales (no calibration step runs and
+    the checkpoint has none): the KV cache is then scaled by an uncalibrated 1.0."""
+    if kv_cache_quant(dep) is None or needs_quantization(dep):
+        return ""
+    ckpt = dep.checkpoint
+    if ckpt is not None and ckpt.kv_cache_quant_algo is not None:
+        return ""
+    return (" [warning: the checkpoint has no calibrated KV-cache scales; the KV cache uses scale 1.0 "
+            "(calibrate it, e.g. with ModelOpt, or use precision.kv_cache=auto)]")
 
 
 def needs_quantization(dep: Deployment) -> bool:

@@ -8,12 +8,14 @@ import math
 from pathlib import Path
 
 from launcher.backends.base import DTYPES, export_hf, export_step, rank_placement, serving_dtype
+from launcher.backends.trtllm import versions
 from launcher.backends.trtllm.common import (
     ENGINE_MODEL,
     QFORMATS,
     checkpoint_quant_algo,
-    container_release,
     hf_source,
+    kv_cache_quant,
+    kv_scale_warning,
     needs_quantization,
     quantization_problems,
 )
@@ -21,10 +23,7 @@ from launcher.backends.trtllm.common import server_ranks as rank_commands
 from launcher.deployment import Deployment
 from launcher.errors import Problem
 from launcher.plan import Export, Plan, ServerCommand, Step, TritonModel
-from launcher.spec import ContainerTargetSpec
 
-LAST_ENGINE_CONTAINER = (25, 12)  # newest Triton container tag (YY.MM) that still ships the C++ backend
-TRTLLM_QUANTIZE = "examples/quantization/quantize.py"  # in a NVIDIA/TensorRT-LLM checkout (legacy flow)
 TRITON_DTYPES = {"float32": "TYPE_FP32", "bfloat16": "TYPE_BF16", "float16": "TYPE_FP16"}
 
 # Documented defaults of the inflight_batcher_llm placeholders that no spec key sets (tensorrtllm_backend
@@ -33,7 +32,6 @@ ENGINE_DEFAULTS: dict[str, str] = {
     "triton_backend": "tensorrtllm",  # the C++ backend ("python" selects the Python runtime)
     "max_queue_size": "0",  # fill_template.py's own default: unbounded queue
     "logits_datatype": "TYPE_FP32",
-    "prompt_embedding_table_data_type": "TYPE_FP16",  # newer templates; v0.19.0 fixes TYPE_FP16
     "encoder_engine_dir": "",  # encoder-decoder models only
     "max_tokens_in_paged_kv_cache": "",  # unset: kv_cache_free_gpu_mem_fraction decides
     "max_attention_window_size": "",  # unset: max_seq_len
@@ -99,13 +97,6 @@ def problems(dep: Deployment) -> list[Problem]:
                                 f"model.max_input_len={spec.model.max_input_len}: a prompt cannot fit one step",
                                 f"set backend.max_num_tokens>={spec.model.max_input_len} or "
                                 "backend.enable_chunked_context=true"))
-    if isinstance(spec.target, ContainerTargetSpec):
-        release = container_release(str(spec.target.tag))
-        if release is None or release > LAST_ENGINE_CONTAINER:
-            newest = "{:02d}.{:02d}".format(*LAST_ENGINE_CONTAINER)
-            problems.append(Problem("target.tag", f"'{spec.target.tag}': the engine runtime needs a Triton "
-                                    f"container that still ships the C++ tensorrtllm backend ({newest} or older)",
-                                    f"set target.tag={newest} or older, or backend.runtime=llmapi"))
     return problems
 
 
@@ -141,14 +132,15 @@ def engine_export(dep: Deployment) -> Export:
     dtype = serving_dtype(dep)
     key = dep.cache_key("trtllm", dtype=dtype, tp=spec.backend.tensor_parallel,
                         pp=spec.backend.pipeline_parallel, quant_algo=spec.precision.quant_algo,
-                        kv_cache=spec.precision.kv_cache)
+                        kv_cache=kv_cache_quant(dep))
     return Export("trtllm_checkpoint", dep.cache_root / key, key, dtype)
 
 
 def build_command(dep: Deployment, checkpoint_dir: Path, engine_dir: Path) -> tuple[str, ...]:
-    """The exact ``trtllm-build`` for the spec's limits (fp8: FP8 context FMHA; the checkpoint's
-    ``kv_cache_quant_algo`` carries the FP8 KV cache)."""
+    """The exact ``trtllm-build`` for the spec's limits, with the flags of the version rendered for
+    (fp8: FP8 context FMHA; the checkpoint's ``kv_cache_quant_algo`` carries the FP8 KV cache)."""
     spec, backend = dep.spec, dep.spec.backend
+    known = set(versions.facts(versions.ENGINE_FACTS)["trtllm_build"]["flags"])
     fp8 = spec.precision.activations == "fp8" or checkpoint_quant_algo(dep) == "FP8"
     paged_context = fp8 or backend.enable_chunked_context or backend.enable_kv_cache_reuse
     command = [
@@ -158,9 +150,10 @@ def build_command(dep: Deployment, checkpoint_dir: Path, engine_dir: Path) -> tu
         f"--max_seq_len={spec.model.max_input_len + spec.model.max_output_len}",
         f"--max_num_tokens={backend.max_num_tokens}", f"--max_beam_width={backend.max_beam_width}",
         "--kv_cache_type=paged", f"--workers={backend.world_size}",
-        # recorded in the engine; each rank then runs on GPU rank % gpus_per_node of its node
-        f"--gpus_per_node={dep.spec.hardware.gpus_per_node}",
     ]
+    if "--gpus_per_node" in known:  # <= 1.1: build_model copies it into the engine's mapping (>= 1.2: the
+        # flag is gone and the checkpoint's mapping carries it); each rank runs on GPU rank % gpus_per_node
+        command.append(f"--gpus_per_node={dep.spec.hardware.gpus_per_node}")
     if paged_context:
         command.append("--use_paged_context_fmha=enable")
     if fp8:
@@ -171,7 +164,7 @@ def build_command(dep: Deployment, checkpoint_dir: Path, engine_dir: Path) -> tu
 def engine_dir(dep: Deployment, export: Export) -> Path:
     """Engines keyed by checkpoint (the entry's key) + build settings + TensorRT-LLM version."""
     build = build_command(dep, Path("ckpt"), Path("engine"))
-    key = dep.cache_key("engine", checkpoint=export.key, build=build, trtllm=dep.spec.backend.trtllm_version)
+    key = dep.cache_key("engine", checkpoint=export.key, build=build, trtllm=versions.trtllm_version(dep))
     return export.directory / "engines" / key.rsplit("-", 1)[-1]
 
 
@@ -189,18 +182,21 @@ def plan(dep: Deployment) -> Plan:
     elif needs_quantization(dep):
         precision, hf = spec.precision, hf_source(dep)
         steps.append(export_step(dep, hf, "convert to a Hugging Face safetensors directory"))
-        command = ("python", TRTLLM_QUANTIZE, f"--model_dir={hf.directory}",
+        quantize = versions.facts(versions.ENGINE_FACTS)["quantize"]
+        kv = kv_cache_quant(dep)  # absent = no KV quantization (quantize.py's choices: int8, fp8)
+        command = ("python", quantize["script"], f"--model_dir={hf.directory}",
                    f"--dtype={export.dtype}", f"--qformat={QFORMATS.get(str(precision.quant_algo))}",
-                   f"--kv_cache_dtype={precision.kv_cache if precision.kv_cache != 'auto' else 'none'}",
+                   *([f"--kv_cache_dtype={kv}"] if kv else []),
                    f"--tp_size={spec.backend.tensor_parallel}", f"--pp_size={spec.backend.pipeline_parallel}",
                    f"--output_dir={checkpoint_dir}")
         step = Step("quantize", f"TensorRT-LLM {precision.name} calibration (needs a GPU; then copy the "
                     f"tokenizer into it) -> {checkpoint_dir}", command, "GPU host", cached)
     else:
         step = Step("export", f"write a TensorRT-LLM checkpoint ({export.dtype}, tp={spec.backend.tensor_parallel}"
-                    f", pp={spec.backend.pipeline_parallel}) -> {checkpoint_dir}" + (" [cached]" if cached else ""),
+                    f", pp={spec.backend.pipeline_parallel}) -> {checkpoint_dir}" + (" [cached]" if cached else "")
+                    + kv_scale_warning(dep),
                     dep.launcher_command("export"), where, cached)
-    build = Step("build", f"TensorRT-LLM {spec.backend.trtllm_version} engine -> {engines}"
+    build = Step("build", f"TensorRT-LLM {versions.trtllm_version(dep)} engine -> {engines}"
                  + (" [cached]" if engines.is_dir() else ""),
                  build_command(dep, checkpoint_dir, engines), "GPU host", engines.is_dir())
     fill = engine_parameters(dep, engines, checkpoint_dir)
@@ -212,7 +208,7 @@ def plan(dep: Deployment) -> Plan:
     ]
     if spec.backend.bls:
         models.append(TritonModel("trtllm/engine/tensorrt_llm_bls", "tensorrt_llm_bls", fill))
-    return Plan(export, [*steps, step, build], models, placement=rank_placement(dep))
+    return Plan(export, [*steps, step, build], models, placement=rank_placement(dep), lock=versions.lock(dep))
 
 
 def engine_parameters(dep: Deployment, engines: Path, tokenizer_dir: Path) -> dict[str, str]:
@@ -232,6 +228,7 @@ def engine_parameters(dep: Deployment, engines: Path, tokenizer_dir: Path) -> di
         "exclude_input_in_output": backend.exclude_input_in_output,
         "enable_kv_cache_reuse": backend.enable_kv_cache_reuse,
         "enable_chunked_context": backend.enable_chunked_context,
+        "cuda_graph_mode": backend.cuda_graphs,
         "encoder_input_features_data_type": TRITON_DTYPES.get(dtype if dtype in DTYPES else "float16"),
         "num_nodes": max(1, math.ceil(backend.world_size / max(hw.gpus_per_node, 1))),
         "preprocessing_instance_count": backend.instance_count,
@@ -266,7 +263,7 @@ def export(dep: Deployment, plan: Plan) -> bool:
 
             to_trtllm(checkpoint, out, dtype=plan.export.dtype, tp=spec.backend.tensor_parallel,
                       pp=spec.backend.pipeline_parallel, quant_algo=checkpoint.quant_algo,
-                      kv_cache=spec.precision.kv_cache)
+                      kv_cache=kv_cache_quant(dep) or "auto")
         if checkpoint.tokenizer is not None and not (out / "tokenizer_config.json").is_file():
             from launcher.convert import save_tokenizer
 

@@ -3,44 +3,19 @@ schema, no placeholder is left, values follow the spec, and the launch line has 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
-from jinja2 import meta
 
 from launcher.backends.trtllm.engine import ENGINE_DEFAULTS
-from launcher.render import TEMPLATES, environment
+from launcher.render import environment
 from tests.repository import docker_server_command, model_config, mpirun_segments, parameters
 
-# Every placeholder of tensorrtllm_backend v0.19.0's inflight_batcher_llm templates (shared/formats.md C.2),
-# plus prompt_embedding_table_data_type that newer copies add.
-REFERENCE_PLACEHOLDERS = {
-    "ensemble": {"triton_max_batch_size", "logits_datatype"},
-    "preprocessing": {"triton_max_batch_size", "max_queue_delay_microseconds", "max_queue_size", "tokenizer_dir",
-                      "add_special_tokens", "multimodal_model_path", "engine_dir", "max_num_images",
-                      "preprocessing_instance_count"},
-    "postprocessing": {"triton_max_batch_size", "tokenizer_dir", "skip_special_tokens",
-                       "postprocessing_instance_count"},
-    "tensorrt_llm": {
-        "triton_backend", "triton_max_batch_size", "decoupled_mode", "max_queue_delay_microseconds",
-        "max_queue_size", "encoder_input_features_data_type", "logits_datatype", "max_beam_width",
-        "batching_strategy", "engine_dir", "encoder_engine_dir", "max_tokens_in_paged_kv_cache",
-        "max_attention_window_size", "sink_token_length", "batch_scheduler_policy",
-        "kv_cache_free_gpu_mem_fraction", "cross_kv_cache_fraction", "kv_cache_host_memory_bytes",
-        "kv_cache_onboard_blocks", "enable_trt_overlap", "exclude_input_in_output", "cancellation_check_period_ms",
-        "stats_check_period_ms", "iter_stats_max_iterations", "request_stats_max_iterations",
-        "enable_kv_cache_reuse", "normalize_log_probs", "enable_chunked_context", "gpu_device_ids",
-        "participant_ids", "num_nodes", "lora_cache_optimal_adapter_size", "lora_cache_max_adapter_size",
-        "lora_cache_gpu_memory_fraction", "lora_cache_host_memory_bytes", "lora_prefetch_dir", "decoding_mode",
-        "lookahead_window_size", "lookahead_ngram_size", "lookahead_verification_set_size", "medusa_choices",
-        "eagle_choices", "gpu_weights_percent", "enable_context_fmha_fp32_acc", "multi_block_mode",
-        "cuda_graph_mode", "cuda_graph_cache_size", "speculative_decoding_fast_logits", "tokenizer_dir",
-        "guided_decoding_backend", "xgrammar_tokenizer_info_path", "prompt_embedding_table_data_type"},
-    "tensorrt_llm_bls": {"triton_max_batch_size", "decoupled_mode", "logits_datatype", "accumulate_tokens",
-                         "tensorrt_llm_model_name", "tensorrt_llm_draft_model_name", "multimodal_encoders_name",
-                         "bls_instance_count", "prompt_embedding_table_data_type"},
-}
+# fill_template.py's output on tensorrtllm_backend v0.19.0's inflight_batcher_llm templates (field lists and the
+# fill used, written by scripts/engine_reference.py from the fetched repository; source commit inside).
+REFERENCE = json.loads((Path(__file__).parent / "upstream" / "inflight_batcher_llm-v0.19.0.json").read_text())
 HARDWARE = {  # id -> (overrides, tensor parallel, pipeline parallel)
     "tp1": (("model=llama3-8b", "hardware=h100x1"), 1, 1),
     "tp2": (("model=llama3-8b", "hardware=h100x2", "backend.tensor_parallel=2"), 2, 1),
@@ -146,15 +121,20 @@ def test_engine_parameters_and_mpirun(run_deploy, hardware: str) -> None:
         assert any(flag in segment for flag in explicit) == (rank > 0)
 
 
-def test_engine_templates_use_every_reference_placeholder() -> None:
-    env = environment()
-    for model, placeholders in REFERENCE_PLACEHOLDERS.items():
-        source = (TEMPLATES / "trtllm/engine" / model / "config.pbtxt.j2").read_text()
-        used = meta.find_undeclared_variables(env.parse(source))
-        assert placeholders <= used, (model, sorted(placeholders - used))
+@pytest.mark.parametrize("model", list(REFERENCE["models"]))
+def test_engine_configs_equal_fill_template_output_on_v0_19_0(model: str) -> None:
+    """Our template filled with the reference's values parses to the same ModelConfig as upstream's
+    template filled by fill_template.py: inputs, outputs, dtypes, dims, optional flags, parameters, steps."""
+    from google.protobuf import json_format, text_format
+    from tritonclient.grpc import model_config_pb2
+
+    text = environment().get_template(f"trtllm/engine/{model}/config.pbtxt.j2").render(name=model, **REFERENCE["fill"])
+    ours = json_format.MessageToDict(text_format.Parse(text, model_config_pb2.ModelConfig()),
+                                     preserving_proto_field_name=True)
+    assert ours == REFERENCE["models"][model]
 
 
-def test_every_reference_placeholder_gets_a_value(run_deploy) -> None:
+def test_every_reference_placeholder_gets_a_value() -> None:
     from launcher.backends import get_backend
     from launcher.deployment import resolve
     from launcher.pipeline import typed_spec
@@ -164,7 +144,8 @@ def test_every_reference_placeholder_gets_a_value(run_deploy) -> None:
                                     "hardware=h100x1", "action=plan"]))
     plan = get_backend("trtllm").plan(resolve(spec))
     values = plan.models[0].context
-    assert set().union(*REFERENCE_PLACEHOLDERS.values()) <= set(values)
+    assert set().union(*REFERENCE["placeholders"].values()) <= set(values)
+    assert set(values) <= set(REFERENCE["fill"]) | {"model_yaml"}  # nothing the v0.19.0 templates lack
     assert values["triton_backend"] == "tensorrtllm" and ENGINE_DEFAULTS["max_queue_size"] == values["max_queue_size"]
 
 
@@ -180,11 +161,10 @@ def test_build_command_and_engine_cache_key(run_deploy) -> None:
     assert flags["--output_dir"].startswith(flags["--checkpoint_dir"].removesuffix("checkpoint") + "engines/")
     same = run_deploy("model=llama3-8b", "backend=trtllm", "backend.runtime=engine", "hardware=h100x1",
                       "precision=bf16", "backend.max_batch_size=4", "action=plan").steps
-    newer = run_deploy("model=llama3-8b", "backend=trtllm", "backend.runtime=engine", "hardware=h100x1",
-                       "precision=bf16", "backend.max_batch_size=4", "backend.trtllm_version=0.19.0",
-                       "action=plan").steps
+    other = run_deploy("model=llama3-8b", "backend=trtllm", "backend.runtime=engine", "hardware=h100x1",
+                       "precision=bf16", "backend.max_batch_size=8", "action=plan").steps
     assert next(s for s in same if s.kind == "build").command == build.command
-    assert next(s for s in newer if s.kind == "build").command != build.command
+    assert next(s for s in other if s.kind == "build").command != build.command
 
 
 def test_fp8_engine_build_and_quantize_step(run_deploy) -> None:
@@ -201,7 +181,7 @@ def test_llmapi_int4_awq_serves_the_modelopt_export(run_deploy) -> None:
     steps = run_deploy("model=llama3-8b", "backend=trtllm", "hardware=h100x1", "precision=int4_awq",
                        "action=plan").steps
     quantize = next(s for s in steps if s.kind == "quantize")
-    assert quantize.command[:2] == ("python", "examples/llm_ptq/hf_ptq.py")
+    assert quantize.command[:2] == ("python", "examples/hf_ptq/hf_ptq.py")  # Model-Optimizer 0.46
     assert quantize.where == "GPU host" and "needs a GPU" in quantize.description
     assert "--qformat=int4_awq" in quantize.command
     assert "--pyt_ckpt_path=/models/Meta-Llama-3-8B-Instruct" in quantize.command

@@ -57,17 +57,6 @@ def test_qnemo_quantization_must_match_the_precision(run_deploy, qnemo: Path) ->
     assert "precision: precision=int4_awq (W4A16_AWQ) but the checkpoint is quantized with FP8" in message
 
 
-@pytest.mark.parametrize(("tag", "ok"), [("24.12", True), ("25.01", True), ("26.08", False), ("latest", False)])
-def test_engine_runtime_needs_a_container_with_the_cpp_backend(run_deploy, tag: str, ok: bool) -> None:
-    overrides = ("model=llama3-8b", "hardware=h100x1", "backend=trtllm", "backend.runtime=engine", "target=docker",
-                 f"target.tag={tag}", "action=plan")
-    if ok:
-        run_deploy(*overrides)
-    else:
-        assert f"target.tag: '{tag}': the engine runtime needs a Triton container" in problems(run_deploy, *overrides)
-        run_deploy(*overrides[:3], "backend.runtime=llmapi", *overrides[4:])  # llmapi does not need it
-
-
 def test_fp8_below_ada_is_refused(run_deploy) -> None:
     message = problems(run_deploy, "model=llama3-8b", "hardware=a100x1", "backend=trtllm", "precision=fp8",
                        "action=plan")

@@ -5,6 +5,10 @@ Written from the inflight_batcher_llm tensor contract (it needs only a tokenizer
 ``STOP_WORDS_DICT``/``BAD_WORDS_DICT`` -> ``[2, n]`` word lists (row 0: the words' token ids one after
 another, row 1: where each word ends, padded with -1); ``EMBEDDING_BIAS_WORDS`` + ``_WEIGHTS`` -> a
 vocabulary-sized bias; ``END_ID``/``PAD_ID`` default to the tokenizer's; ``REQUEST_OUTPUT_LEN`` as given.
+Also the outputs the v0.19.0 ensemble maps for encoder-decoder and prompt-table models: ``DECODER_QUERY``
+-> ``DECODER_INPUT_ID`` + ``REQUEST_DECODER_INPUT_LEN`` (without it one pad token, length 1, which a
+decoder-only engine ignores) and ``PROMPT_TABLE_EXTRA_ID`` -> ``OUT_PROMPT_TABLE_EXTRA_IDS`` (the id for
+every input token; 0 without it).
 """
 
 from __future__ import annotations
@@ -83,8 +87,23 @@ class TritonPythonModel:
                              bias_weights[i] if bias_weights is not None else None) for i in range(batch)]
         size = max(len(b) for b in biases)
         bias = np.stack([np.pad(b, (0, size - len(b))) for b in biases]).astype(np.float32)
+        decoder = _rows(request, "DECODER_QUERY")
+        if decoder is not None:
+            decoder_ids = [self.tokenizer.encode("".join(_texts(decoder[i])), add_special_tokens=False)
+                           for i in range(batch)]
+        else:
+            decoder_ids = [[int(pad_ids[i, 0])] for i in range(batch)]
+        decoder_width = max(len(row) for row in decoder_ids)
+        extra = _rows(request, "PROMPT_TABLE_EXTRA_ID")
+        extra_ids = np.zeros(input_ids.shape, dtype=np.uint64)
+        if extra is not None:
+            extra_ids[:] = extra.reshape(batch, 1).astype(np.uint64)
         outputs = {
             "INPUT_ID": input_ids,
+            "DECODER_INPUT_ID": np.array([row + [int(pad_ids[i, 0])] * (decoder_width - len(row))
+                                          for i, row in enumerate(decoder_ids)], dtype=np.int32),
+            "REQUEST_DECODER_INPUT_LEN": np.array([[len(row)] for row in decoder_ids], dtype=np.int32),
+            "OUT_PROMPT_TABLE_EXTRA_IDS": extra_ids,
             "REQUEST_INPUT_LEN": np.array([[len(row)] for row in ids], dtype=np.int32),
             **lists,
             "EMBEDDING_BIAS": bias,
