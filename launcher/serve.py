@@ -6,22 +6,19 @@ from launcher import report
 from launcher.backends.base import Backend, Plan
 from launcher.deployment import Deployment
 from launcher.errors import user_error
+from launcher.interfaces import chat_prompt
 from launcher.query import Answer, Options, ask
 from launcher.server import Stop, TritonProcess, sigterm_as_interrupt
 from launcher.spec import Action
 
 
 def smoke_prompt(dep: Deployment, plan: Plan, backend: Backend) -> str:
-    """The smoke prompt as the model must receive it: backends that pass text through unchanged (vLLM,
-    TensorRT-LLM) get it formatted with the tokenizer's chat template here, as a chat client would."""
+    """The smoke prompt as llm-query sends it: in the tokenizer's chat template (``model.chat_template``),
+    applied here for every backend, which all take the prompt as it comes."""
     prompt = dep.spec.smoke.prompt
-    if not dep.spec.model.chat_template or getattr(backend, "applies_chat_template", False):
+    if not dep.spec.model.chat_template:
         return prompt
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(plan.export.directory)
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+    return chat_prompt(plan.export.directory, prompt) or prompt
 
 
 def smoke(dep: Deployment, prompt: str) -> Answer:
