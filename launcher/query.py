@@ -202,6 +202,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=Options.temperature, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the answer before TEXT (repeatable; models of the vLLM interface)")
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     p.add_argument("--tokenizer", help="tokenizer directory whose chat template formats the prompt "
                    "(default: the served model's tokenizer_dir, when it is on this machine)")
@@ -216,7 +218,8 @@ def run(argv: list[str] | None = None) -> int:
     """Parse ``argv``, ask, print; raises LauncherError on user errors; 1 for an empty answer."""
     args = parser().parse_args(argv)
     url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
-    options = Options(args.max_tokens, args.temperature, args.top_p, args.top_k, args.stream)
+    options = Options(args.max_tokens, args.temperature, args.top_p, args.top_k, args.stream,
+                      {"stop": args.stop} if args.stop else {})
     live = args.stream and not args.json
     prompt, note = (args.prompt, None) if args.raw else prompt_for(url, args.protocol, args.model, args.prompt,
                                                                    args.tokenizer, args.timeout)

@@ -296,7 +296,7 @@ class TritonPythonModel:
             self.responses.put(None)
             shutil.rmtree(self.spawn_dir, ignore_errors=True)
             raise
-        self.watcher = asyncio.run_coroutine_threadsafe(self.watch_cancellations(), self.loop)
+        self.watcher = self.call(self.start_watcher())
 
     def call(self, coroutine: typing.Coroutine) -> typing.Any:
         """Run ``coroutine`` on the engine loop and wait for its result."""
@@ -306,6 +306,9 @@ class TritonPythonModel:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         return AsyncLLM.from_engine_args(engine_args)
+
+    async def start_watcher(self) -> asyncio.Task:
+        return asyncio.create_task(self.watch_cancellations())
 
     def send_loop(self) -> None:
         """Send responses in order, off the engine's event loop (each send is an IPC call to Triton)."""
@@ -354,25 +357,39 @@ class TritonPythonModel:
         """Abort requests whose client went away (cancelling the task aborts it inside vLLM)."""
         while True:
             await asyncio.sleep(CANCEL_POLL_S)
-            for sender, task in list(self.active.values()):
-                if not task.done() and sender.is_cancelled():
-                    self.logger.log_info("[vllm] Cancelling the request")
-                    task.cancel()
+            self.cancel_abandoned()
+
+    def cancel_abandoned(self) -> None:
+        # A function of its own: a coroutine's frame would keep the last sender alive past finalize.
+        for sender, task in list(self.active.values()):
+            try:
+                cancelled = not task.done() and sender.is_cancelled()
+            except Exception:  # pb_utils refuses once the final response is out: nothing left to cancel
+                cancelled = False
+            if cancelled:
+                self.logger.log_info("[vllm] Cancelling the request")
+                task.cancel()
 
     def finalize(self) -> None:
-        """Stop the engine (its processes exit) well within Triton's exit timeout, shared by all models."""
+        """Stop the engine (its processes exit) well within Triton's exit timeout, shared by all models.
+
+        Every response sender is released before this returns: one that outlives the stub's IPC crashes the
+        stub when Python frees it at exit."""
 
         async def stop() -> None:
             self.watcher.cancel()
-            for _, task in list(self.active.values()):
+            tasks = [task for _, task in self.active.values()]
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(self.watcher, *tasks, return_exceptions=True)
             self.engine.shutdown(timeout=ENGINE_SHUTDOWN_TIMEOUT_S)
 
         self.call(stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
+        self.loop.close()
         self.responses.put(None)
         self.sender_thread.join()
-        self.engine = None
+        self.engine = self.watcher = None
         gc.collect()  # drop request/response objects while the stub's IPC is still up
         shutil.rmtree(self.spawn_dir, ignore_errors=True)

@@ -341,6 +341,14 @@ class SlotCache(Cache):
             layer.move(source, target, width)
 
 
+def cancelled(job: Job) -> bool:
+    """Whether the client of ``job`` cancelled it (the stub refuses to say once a final response is out)."""
+    try:
+        return job.sender is not None and job.sender.is_cancelled()
+    except Exception:
+        return False
+
+
 def next_power_of_two(value: int) -> int:
     return 1 << max(value - 1, 0).bit_length()
 
@@ -520,7 +528,7 @@ class Engine:
             self.cache = SlotCache(len(self.cache.layers), self.cache.capacity, self.compiled, self.device)
 
     def drop_cancelled(self) -> None:
-        for job in [job for job in self.rows + self.waiting if job.sender is not None and job.sender.is_cancelled()]:
+        for job in [job for job in self.rows + self.waiting if cancelled(job)]:
             pb_utils.Logger.log_info("[pytorch] Cancelling the request")
             if job in self.waiting:
                 self.waiting.remove(job)
@@ -728,6 +736,8 @@ class Engine:
 
     def answer(self, job: Job) -> None:
         """Stream the text since the last response, or send the whole answer when the row finishes."""
+        if job.sender is None:  # warm-up: nobody to answer
+            return
         final = job.finish is not None
         if job.stream:
             hold = 0 if final else max([len(stop) - 1 for stop in job.sampling.stop] + [0])
