@@ -2,12 +2,14 @@
 
 The pytorch backend runs as a user runs it (``llm-launch action=serve``); the vllm backend as the vllm tests
 serve it (rendered by the launcher, a real ``tritonserver`` with our ``vllm`` backend over real vLLM). Both
-serve the same tiny random Llama (tests/fixtures/tiny_models.py), with room for 192 new tokens (of its 256
-positions) so a request runs long enough to be cancelled.
+serve the same tiny random Llama (tests/fixtures/tiny_models.py, with 4096 positions instead of 256: its
+rotary embeddings take any length), with room for 2048 new tokens, so a request can run long enough to be
+cancelled or overtaken by a later one.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,8 @@ from tests.vllm.conftest import TINY as VLLM_TINY
 from tests.vllm.conftest import render, triton
 
 BACKENDS = ("pytorch", "vllm")
-LONG = ("model.max_input_len=64", "model.max_output_len=192")
+LONG = ("model.max_input_len=64", "model.max_output_len=2048")
+POSITIONS = 4096
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,10 @@ class Server:
 
 @pytest.fixture(scope="session")
 def contract_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_hf(tmp_path_factory.mktemp("contract-tiny") / "hf")
+    directory = write_hf(tmp_path_factory.mktemp("contract-tiny") / "hf")
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, "max_position_embeddings": POSITIONS}))
+    return directory
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

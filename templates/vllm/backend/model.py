@@ -230,7 +230,7 @@ class Request:
             raise RequestError("LoRA feature is not enabled.", prefix="")
         try:
             params = sampling_params(fields, stream)
-        except (ValueError, TypeError) as err:
+        except Exception as err:  # vLLM's VLLMValidationError among others; NVIDIA's backend words them all so
             raise RequestError(str(err)) from err
         returns = frozenset(flag for flag in RETURN_FLAGS if scalar(request, flag, False))
         return cls(prompt, stream, prepend, params, returns)
