@@ -1,43 +1,33 @@
 """``llm-query``: ask a model served by Triton, whichever backend serves it.
 
-The served model's config says which request interface it speaks: vLLM-style (``text_input`` +
-``sampling_parameters`` JSON + ``stream``; also our pytorch backend), the TensorRT-LLM llmapi model
-(``streaming`` + ``sampling_param_*``) or the TensorRT-LLM ensemble (plain ``max_tokens``,
-``temperature``, ...). The prompt and sampling options are mapped onto the inputs it declares.
-Decoupled (streaming) models are asked over gRPC's bidirectional stream.
+The served model's config says which request interface it speaks (``launcher.interfaces``: the vLLM-backend
+contract of the pytorch and vllm backends, TensorRT-LLM's llmapi model or its ensemble). The prompt is
+formatted with the tokenizer's chat template here, the same way for every backend (``--tokenizer DIR``, else
+the directory the deployment names in its ``tokenizer_dir`` parameter; ``--raw`` sends the prompt as it is).
+Decoupled (streaming) models are asked over gRPC's bidirectional stream, or Triton's HTTP generate endpoints.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import queue
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from launcher.errors import USER_ERROR_EXIT, LauncherError, user_error
+from launcher.interfaces import Completion, Options, ServedModel, chat_prompt, read_generate_json, read_result
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
-NUMPY_TYPES = {"TYPE_STRING": np.object_, "TYPE_BOOL": np.bool_, "TYPE_INT32": np.int32, "TYPE_INT64": np.int64,
-               "TYPE_UINT32": np.uint32, "TYPE_UINT64": np.uint64, "TYPE_FP32": np.float32,
-               "TYPE_FP64": np.float64}
-OUTPUTS = ("text_output", "num_output_tokens")
-
-
-@dataclass(frozen=True)
-class Options:
-    """What to ask for; ``None`` leaves the server's default."""
-
-    max_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_p: float | None = None
-    top_k: int | None = None
-    stream: bool = False
+EMPTY_ANSWER_EXIT = 1
+__all__ = ["Answer", "Options", "ask", "connect", "main", "prompt_for", "run"]
 
 
 @dataclass(frozen=True)
@@ -45,50 +35,12 @@ class Answer:
     text: str
     latency_s: float
     tokens: int | None  # generated tokens, where the model reports them
+    input_tokens: int | None = None
+    finish_reason: str | None = None
 
     @property
     def tokens_per_s(self) -> float | None:
         return self.tokens / self.latency_s if self.tokens and self.latency_s > 0 else None
-
-
-@dataclass(frozen=True)
-class ModelInterface:
-    """The inputs a served model declares (name -> (Triton type, shape of one request))."""
-
-    name: str
-    inputs: dict[str, tuple[str, list[int]]]
-    outputs: tuple[str, ...]
-    decoupled: bool
-
-    @classmethod
-    def from_config(cls, name: str, config: dict[str, Any]) -> ModelInterface:
-        batch = [1] if int(config.get("max_batch_size", 0)) > 0 else []
-        inputs = {
-            item["name"]: (item["data_type"], batch + [max(int(d), 1) for d in item.get("dims", [1])])
-            for item in config.get("input", [])
-        }
-        outputs = tuple(item["name"] for item in config.get("output", []) if item["name"] in OUTPUTS)
-        decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
-        return cls(name, inputs, outputs, decoupled)
-
-    def values(self, prompt: str, options: Options) -> dict[str, Any]:
-        """The request's input values, in the style this model declares."""
-        sampling = {"max_tokens": options.max_tokens, "temperature": options.temperature,
-                    "top_p": options.top_p, "top_k": options.top_k}
-        sampling = {key: value for key, value in sampling.items() if value is not None}
-        if "text_input" not in self.inputs:
-            raise user_error("--model", f"'{self.name}' takes no text_input; it is not a text-generation model",
-                             "pick the model that serves the LLM (llm-launch's model.served_name)")
-        if "sampling_parameters" in self.inputs:  # vLLM backend, our pytorch backend
-            style = {"sampling_parameters": json.dumps(sampling)}
-        elif any(name.startswith("sampling_param_") for name in self.inputs):  # TensorRT-LLM llmapi
-            style = {f"sampling_param_{key}": value for key, value in sampling.items()}
-        else:  # TensorRT-LLM ensemble
-            style = sampling
-        streaming = options.stream and self.decoupled
-        common = {"text_input": prompt, "stream": streaming, "streaming": streaming,
-                  "exclude_input_in_output": True, "return_num_output_tokens": True}
-        return {name: value for name, value in {**common, **style}.items() if name in self.inputs}
 
 
 def fetch_config(client: Any, model: str) -> dict[str, Any]:
@@ -97,7 +49,7 @@ def fetch_config(client: Any, model: str) -> dict[str, Any]:
     return config.get("config", config)
 
 
-def connect(url: str, protocol: str, model: str, timeout_s: float) -> tuple[Any, Any, ModelInterface]:
+def connect(url: str, protocol: str, model: str, timeout_s: float) -> tuple[Any, Any, ServedModel]:
     """A client, its module and the model's interface; a clear error when there is no such server/model."""
     from tritonclient.utils import InferenceServerException
 
@@ -123,82 +75,121 @@ def connect(url: str, protocol: str, model: str, timeout_s: float) -> tuple[Any,
         client.close()
         raise user_error("--model", f"'{model}' is not served at {url}: {err.message()}",
                          "pass the served name (llm-launch's model.served_name)") from err
-    return client, module, ModelInterface.from_config(model, config)
+    try:
+        return client, module, ServedModel.from_config(model, config)
+    except LauncherError:
+        client.close()
+        raise
 
 
-def build_inputs(module: Any, interface: ModelInterface, values: dict[str, Any]) -> list[Any]:
-    inputs = []
-    for name, value in values.items():
-        data_type, shape = interface.inputs[name]
-        array = np.full(shape, value.encode() if isinstance(value, str) else value, dtype=NUMPY_TYPES[data_type])
-        tensor = module.InferInput(name, shape, data_type.removeprefix("TYPE_").replace("STRING", "BYTES"))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
-    return inputs
+def timed_out(model: str, timeout_s: float) -> LauncherError:
+    return user_error("--timeout", f"no answer from '{model}' within {timeout_s:g} s", "raise --timeout")
 
 
-def read_result(result: Any) -> tuple[str, int | None]:
-    """Text and token count of one response."""
-    text = result.as_numpy("text_output")
-    tokens = result.as_numpy("num_output_tokens")
-    piece = b"".join(text.reshape(-1)).decode("utf-8", errors="replace") if text is not None else ""
-    return piece, int(tokens.sum()) if tokens is not None else None
-
-
-def stream(client: Any, module: Any, interface: ModelInterface, inputs: list[Any],
-           on_piece: Callable[[str], None] | None, timeout_s: float) -> tuple[str, int | None]:
+def stream(client: Any, module: Any, model: ServedModel, inputs: list[Any],
+           on_piece: Callable[[str], None] | None, timeout_s: float) -> Completion:
     """Ask a decoupled model over gRPC's stream; pieces go to ``on_piece`` as they arrive."""
     responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    pieces, tokens = [], None
+    completion = Completion()
     try:
-        client.async_stream_infer(interface.name, inputs, enable_empty_final_response=True,
-                                  outputs=[module.InferRequestedOutput(name) for name in interface.outputs])
+        client.async_stream_infer(model.name, inputs, enable_empty_final_response=True,
+                                  outputs=model.requested_outputs(module))
         while True:
             try:
                 result, error = responses.get(timeout=timeout_s)
             except queue.Empty:
-                raise user_error("--timeout", f"no answer from '{interface.name}' within {timeout_s:g} s",
-                                 "raise --timeout") from None
+                raise timed_out(model.name, timeout_s) from None
             if error is not None:
                 raise error
             response = result.get_response()
             if response.outputs:
-                piece, count = read_result(result)
-                pieces.append(piece)
-                tokens = count if tokens is None else tokens + (count or 0)
-                if on_piece and piece:
-                    on_piece(piece)
+                piece = read_result(result)
+                completion.add(piece)
+                if on_piece and piece.text:
+                    on_piece(piece.text)
             if response.parameters["triton_final_response"].bool_param:
-                return "".join(pieces), tokens
+                return completion
     finally:
         client.stop_stream()
 
 
+def generate_http(url: str, model: ServedModel, values: dict[str, Any], on_piece: Callable[[str], None] | None,
+                  timeout_s: float) -> Completion:
+    """Ask a decoupled model over HTTP: Triton's ``generate`` (one response) or ``generate_stream`` (SSE)."""
+    streaming = bool(values.get("stream") or values.get("streaming"))
+    endpoint = "generate_stream" if streaming else "generate"
+    request = urllib.request.Request(f"http://{url}/v2/models/{model.name}/{endpoint}",
+                                     data=json.dumps(values).encode(), headers={"Content-Type": "application/json"})
+    completion = Completion()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as reply:
+            events = (line[len(b"data:"):] for line in reply if line.startswith(b"data:")) if streaming \
+                else [reply.read()]
+            for event in events:
+                body = json.loads(event)
+                if "error" in body:
+                    raise user_error("--model", f"'{model.name}' at {url} failed the request: {body['error']}",
+                                     "check the prompt and sampling options, and the server's log")
+                piece = read_generate_json(body)
+                completion.add(piece)
+                if on_piece and piece.text:
+                    on_piece(piece.text)
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode(errors="replace")
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            detail = json.loads(detail).get("error", detail)
+        raise user_error("--model", f"'{model.name}' at {url} failed the request: {detail}",
+                         "check the prompt and sampling options, and the server's log") from err
+    except TimeoutError:
+        raise timed_out(model.name, timeout_s) from None
+    return completion
+
+
 def ask(url: str, protocol: str, model: str, prompt: str, options: Options,
         on_piece: Callable[[str], None] | None = None, timeout_s: float = 600.0) -> Answer:
-    """Send one prompt to ``model`` at ``url`` and wait for the whole answer."""
+    """Send ``prompt`` (as it is: see :func:`prompt_for`) to ``model`` at ``url``; wait for the whole answer."""
     from tritonclient.utils import InferenceServerException
 
-    client, module, interface = connect(url, protocol, model, timeout_s)
+    client, module, served = connect(url, protocol, model, timeout_s)
     try:
-        inputs = build_inputs(module, interface, interface.values(prompt, options))
+        values = served.values(prompt, options)
         start = time.perf_counter()
-        if interface.decoupled:
-            if protocol != "grpc":
-                raise user_error("--protocol", f"'{model}' streams its answers (decoupled); HTTP cannot carry "
-                                 "them", "use --protocol grpc with the server's gRPC port")
-            text, tokens = stream(client, module, interface, inputs, on_piece, timeout_s)
+        if served.decoupled and protocol == "http":
+            completion = generate_http(url, served, values, on_piece, timeout_s)
+        elif served.decoupled:
+            completion = stream(client, module, served, served.tensors(module, values), on_piece, timeout_s)
         else:
-            outputs = [module.InferRequestedOutput(name) for name in interface.outputs]
             timeout = {"client_timeout": timeout_s} if protocol == "grpc" else {}  # http: set on the client
-            text, tokens = read_result(client.infer(model, inputs, outputs=outputs, **timeout))
-        return Answer(text, time.perf_counter() - start, tokens)
+            completion = Completion()
+            completion.add(read_result(client.infer(model, served.tensors(module, values),
+                                                    outputs=served.requested_outputs(module), **timeout)))
+        return Answer(completion.text, time.perf_counter() - start, completion.output_tokens,
+                      completion.input_tokens, completion.finish_reason)
     except InferenceServerException as err:
         raise user_error("--model", f"'{model}' at {url} failed the request: {err.message()}",
                          "check the prompt and sampling options, and the server's log") from err
     finally:
         client.close()
+
+
+def prompt_for(url: str, protocol: str, model: str, prompt: str, tokenizer: str | None,
+               timeout_s: float = 60.0) -> tuple[str, str | None]:
+    """``prompt`` in the chat template of ``tokenizer`` or of the served model's ``tokenizer_dir`` (when that
+    directory is on this machine), and a note when it goes out as it is."""
+    if tokenizer is None:
+        client, _, served = connect(url, protocol, model, timeout_s)
+        client.close()
+        tokenizer = served.tokenizer_dir if served.tokenizer_dir and Path(served.tokenizer_dir).is_dir() else None
+        if tokenizer is None:
+            return prompt, (f"no tokenizer found for '{model}' on this machine (pass --tokenizer DIR); the prompt "
+                            "was sent without a chat template")
+    elif not Path(tokenizer).is_dir():
+        raise user_error("--tokenizer", f"{tokenizer} is not a directory", "pass the model's tokenizer directory")
+    formatted = chat_prompt(tokenizer, prompt)
+    if formatted is None:
+        return prompt, f"the tokenizer in {tokenizer} has no chat template; the prompt was sent as it is"
+    return formatted, None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -211,28 +202,45 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=Options.temperature, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
-    p.add_argument("--stream", action="store_true", help="print the answer as it is generated (gRPC)")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="end the answer before TEXT (repeatable; models of the vLLM interface)")
+    p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    p.add_argument("--tokenizer", help="tokenizer directory whose chat template formats the prompt "
+                   "(default: the served model's tokenizer_dir, when it is on this machine)")
+    p.add_argument("--raw", action="store_true", help="send the prompt as it is, without a chat template")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the answer")
-    p.add_argument("--json", action="store_true", help="print one JSON object (text, latency, tokens/s)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (text, latency, token counts, finish reason, tokens/s)")
     return p
 
 
 def run(argv: list[str] | None = None) -> int:
-    """Parse ``argv``, ask, print; raises LauncherError on user errors."""
+    """Parse ``argv``, ask, print; raises LauncherError on user errors; 1 for an empty answer."""
     args = parser().parse_args(argv)
     url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
-    options = Options(args.max_tokens, args.temperature, args.top_p, args.top_k, args.stream)
+    options = Options(args.max_tokens, args.temperature, args.top_p, args.top_k, args.stream,
+                      {"stop": args.stop} if args.stop else {})
     live = args.stream and not args.json
+    prompt, note = (args.prompt, None) if args.raw else prompt_for(url, args.protocol, args.model, args.prompt,
+                                                                   args.tokenizer, args.timeout)
+    if note:
+        print(f"note: {note}", file=sys.stderr)
 
     def echo(piece: str) -> None:
         print(piece, end="", flush=True)
 
-    answer = ask(url, args.protocol, args.model, args.prompt, options, echo if live else None, args.timeout)
+    answer = ask(url, args.protocol, args.model, prompt, options, echo if live else None, args.timeout)
     if args.json:
-        print(json.dumps({"model": args.model, "prompt": args.prompt, **asdict(answer),
-                          "tokens_per_s": answer.tokens_per_s}))
+        print(json.dumps({"model": args.model, "prompt": args.prompt, "text": answer.text,
+                          "latency_s": answer.latency_s, "tokens": answer.tokens,
+                          "num_input_tokens": answer.input_tokens, "num_output_tokens": answer.tokens,
+                          "finish_reason": answer.finish_reason, "tokens_per_s": answer.tokens_per_s}))
     else:
         print("" if live else answer.text)
+    if not answer.text.strip():
+        print(f"error: '{args.model}' returned an empty answer (finish_reason: {answer.finish_reason}); "
+              "check the prompt's format (--raw sends it without a chat template)", file=sys.stderr)
+        return EMPTY_ANSWER_EXIT
     return 0
 
 

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 from launcher import report
-from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import Interrupted
+from launcher.interfaces import chat_prompt
 from launcher.plan import Plan
 from launcher.query import Answer, Options, ask
 from launcher.server import Stop, TritonProcess, sigterm_as_interrupt
 from launcher.spec import Action
 
 
-def smoke_prompt(dep: Deployment, plan: Plan, backend: Backend) -> str:
-    """The smoke prompt as the model must receive it: backends that pass text through unchanged (vLLM,
-    TensorRT-LLM) get it formatted with the tokenizer's chat template here, as a chat client would."""
+def smoke_prompt(dep: Deployment, plan: Plan) -> str:
+    """The smoke prompt as llm-query sends it: in the tokenizer's chat template (``model.chat_template``),
+    applied here for every backend, which all take the prompt as it comes."""
     prompt = dep.spec.smoke.prompt
-    if not dep.spec.model.chat_template or backend.applies_chat_template:
+    if not dep.spec.model.chat_template:
         return prompt
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(plan.export.directory)
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
+    return chat_prompt(plan.export.directory, prompt) or prompt
 
 
 def smoke(dep: Deployment, prompt: str) -> Answer:

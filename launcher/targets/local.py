@@ -77,7 +77,7 @@ class LocalTarget:
         env = serving_environment(dep, build=True)
         dep = replace(dep, spec=replace(dep.spec, server=launch.server))
         serve(dep, TritonProcess(list(launch.step.command), env, dep.paths.server_log),
-              smoke_prompt(dep, plan, backend))
+              smoke_prompt(dep, plan))
 
 
 TARGET = LocalTarget()

@@ -269,7 +269,7 @@ class SlurmTarget:
                 server = wait_ready(job, spec.server)
                 report.say(f"ready on {server.host} {time.monotonic() - started:.1f} s after submission")
                 served = replace(dep, spec=replace(spec, server=server))
-                report.print_smoke(spec.smoke.prompt, smoke(served, smoke_prompt(dep, plan, backend)))
+                report.print_smoke(spec.smoke.prompt, smoke(served, smoke_prompt(dep, plan)))
         except BaseException:
             job.cancel()
             raise

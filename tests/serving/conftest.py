@@ -155,5 +155,5 @@ def serving_tiny(tiny_hf: Path, out: Path, *overrides: str) -> Iterator[Launch]:
 
 @pytest.fixture(scope="module")
 def tiny_server(tiny_hf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launch]:
-    with serving_tiny(tiny_hf, tmp_path_factory.mktemp("serve"), "backend.max_queue_delay_us=200000") as run:
+    with serving_tiny(tiny_hf, tmp_path_factory.mktemp("serve")) as run:
         yield run

@@ -1,4 +1,5 @@
-"""``backend.streaming=true``: a decoupled model streams its answer piece by piece over gRPC."""
+"""``backend.streaming=true``: the smoke query streams; a streamed answer equals the whole answer, over gRPC's
+bidirectional stream and over Triton's HTTP ``generate_stream`` (server-sent events)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,13 @@ def test_streamed_answer_matches_the_whole_answer(tiny_hf: Path, tmp_path: Path)
                  *FREE_PORTS, "action=serve")
     try:
         run.wait_for("serving '", timeout_s=180)  # the smoke query already streamed
-        pieces: list[str] = []
-        options = query.Options(max_tokens=12, stream=True)
-        streamed = query.ask(run.grpc, "grpc", "llm", "Paris is", options, on_piece=pieces.append)
         whole = query.ask(run.grpc, "grpc", "llm", "Paris is", query.Options(max_tokens=12))
-        assert len(pieces) > 1 and "".join(pieces) == streamed.text == whole.text
-        assert streamed.tokens == whole.tokens
-        with pytest.raises(query.LauncherError, match="decoupled"):
-            query.ask(run.http, "http", "llm", "Paris is", options)
+        options = query.Options(max_tokens=12, stream=True)
+        for url, protocol in ((run.grpc, "grpc"), (run.http, "http")):
+            pieces: list[str] = []
+            streamed = query.ask(url, protocol, "llm", "Paris is", options, on_piece=pieces.append)
+            assert len(pieces) > 1 and "".join(pieces) == streamed.text == whole.text, protocol
+            assert (streamed.tokens, streamed.finish_reason) == (whole.tokens, whole.finish_reason), protocol
         code, output = interrupt(run, signal.SIGTERM)
         assert code == 0 and "SIGTERM: tritonserver stopped" in output, output
         assert_stopped_cleanly(run)

@@ -29,8 +29,17 @@ def test_cpu_repository(run_deploy: Callable[..., Outcome], tmp_path: Path) -> N
     assert config["backend"] == "vllm"
     assert config["modelTransactionPolicy"] == {"decoupled": True}  # the official backend requires it
     assert config["instanceGroup"] == [{"count": 1, "kind": "KIND_MODEL"}]
-    assert {i["name"] for i in config["input"]} == {"text_input", "stream", "sampling_parameters",
-                                                    "exclude_input_in_output"}
+    # what NVIDIA's vllm_backend declares in auto_complete_config (src/model.py)
+    assert {i["name"] for i in config["input"]} == {
+        "text_input", "image", "stream", "sampling_parameters", "exclude_input_in_output", "return_finish_reason",
+        "return_cumulative_logprob", "return_logprobs", "return_num_input_tokens", "return_num_output_tokens",
+        "embedding_request"}
+    assert [(o["name"], o["dataType"], o["dims"]) for o in config["output"]] == [
+        ("text_output", "TYPE_STRING", ["-1"]), ("finish_reason", "TYPE_STRING", ["-1"]),
+        ("cumulative_logprob", "TYPE_FP32", ["-1"]), ("logprobs", "TYPE_STRING", ["-1"]),
+        ("num_input_tokens", "TYPE_UINT32", ["1"]), ("num_output_tokens", "TYPE_UINT32", ["-1"])]
+    assert all(i.get("optional") for i in config["input"] if i["name"] != "text_input")
+    assert config["parameters"]["tokenizer_dir"] == {"stringValue": str(hf)}  # for llm-query's chat template
     assert engine["model"] == str(hf)  # float32 HF checkpoint: used in place
     assert engine["dtype"] == "float32"
     assert engine["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES

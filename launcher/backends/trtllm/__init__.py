@@ -68,7 +68,6 @@ class TrtllmBackend:
     spec_class = TrtllmBackendSpec
     container_suffix = "trtllm-python-py3"
     engine_packages = ("tensorrt_llm",)
-    applies_chat_template = False
     checkpoint_formats = MappingProxyType({**CONVERTIBLE, "qnemo": "backend.runtime=engine"})
     serving_modules = MappingProxyType({})  # runs in NVIDIA's TensorRT-LLM container, never on this machine
 
