@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
 import shutil
 import tempfile
@@ -30,19 +31,103 @@ LOCK = "lock.json"
 PACKAGES = ("llm-launch", "hydra-core", "omegaconf", "jinja2", "tritonclient", "nvidia-pytriton")
 
 
-def pbtxt_string(value: object) -> str:
+# -------------------------------------------------------------------------- escaping, by file type
+class Escaped(str):
+    """Text a filter escaped for the file it goes into: the only strings a template may output."""
+
+
+class TemplateValueError(ValueError):
+    """A value a template cannot place: unescaped, or not of the type its field needs."""
+
+
+def pbtxt_string(value: object) -> Escaped:
     """A protobuf text-format string literal, quoted and escaped."""
     from google.protobuf import text_encoding
 
-    return '"' + text_encoding.CEscape(str(value), as_utf8=True) + '"'
+    return Escaped('"' + text_encoding.CEscape(str(value), as_utf8=True) + '"')
 
 
-def pbtxt_bool(value: object) -> str:
-    return "true" if value else "false"
+def pbtxt_bool(value: object) -> Escaped:
+    """``true``/``false`` from a bool, or from the strings fill_template.py writes."""
+    if isinstance(value, bool) or value in ("true", "false"):
+        return Escaped(str(value).lower())
+    raise TemplateValueError(f"{value!r} is not a boolean (true or false)")
 
 
-def to_yaml(value: object) -> str:
-    return yaml.safe_dump(value, sort_keys=False, default_flow_style=False, allow_unicode=True)
+def pbtxt_int(value: object) -> Escaped:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Escaped(str(value))
+    if isinstance(value, str) and INTEGER.fullmatch(value):
+        return Escaped(str(int(value)))
+    raise TemplateValueError(f"{value!r} is not an integer")
+
+
+def pbtxt_enum(value: object) -> Escaped:
+    """An enum value such as ``TYPE_FP32`` or ``KIND_GPU``."""
+    if isinstance(value, str) and ENUM.fullmatch(value):
+        return Escaped(value)
+    raise TemplateValueError(f"{value!r} is not an enum name (like TYPE_FP32)")
+
+
+def pbtxt_ints(values: object) -> Escaped:
+    """The items of a repeated integer field, comma-separated."""
+    return Escaped(", ".join(pbtxt_int(value) for value in values))  # type: ignore[union-attr]
+
+
+def shell_word(arg: str, variables: tuple[str, ...] = ()) -> str:
+    """``arg`` quoted for a POSIX shell; references ``${name}`` to the script's own ``variables`` stay
+    live (double quotes, everything else escaped), all other text is literal."""
+    refs = [f"${{{name}}}" for name in variables if f"${{{name}}}" in arg]
+    if not refs:
+        return shlex.quote(arg)
+    pieces = re.split("(" + "|".join(re.escape(ref) for ref in refs) + ")", arg)
+    return '"' + "".join(p if p in refs else re.sub(r'([\\"$`])', r"\\\1", p) for p in pieces) + '"'
+
+
+def sh(value: object) -> Escaped:
+    return Escaped(shlex.quote(str(value)))
+
+
+def sh_name(value: object) -> Escaped:
+    """A shell variable name (as ``export NAME=...`` takes it)."""
+    if isinstance(value, str) and SHELL_NAME.fullmatch(value):
+        return Escaped(value)
+    raise TemplateValueError(f"{value!r} is not a shell variable name")
+
+
+def sh_flag(value: object) -> Escaped:
+    """A command-line option name such as ``--job-name``."""
+    if isinstance(value, str) and FLAG.fullmatch(value):
+        return Escaped(value)
+    raise TemplateValueError(f"{value!r} is not an option name")
+
+
+def sh_join(args: list[str], variables: tuple[str, ...] = ()) -> Escaped:
+    """An argv as shell words (see :func:`shell_word` for ``variables``)."""
+    return Escaped(" ".join(shell_word(str(arg), tuple(variables)) for arg in args))
+
+
+def to_yaml(value: object) -> Escaped:
+    return Escaped(yaml.safe_dump(value, sort_keys=False, default_flow_style=False, allow_unicode=True))
+
+
+INTEGER = re.compile(r"-?[0-9]+")
+ENUM = re.compile(r"[A-Z][A-Z0-9_]*")
+SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+FLAG = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
+FILTERS = {"pbtxt": pbtxt_string, "pbtxt_bool": pbtxt_bool, "pbtxt_int": pbtxt_int, "pbtxt_enum": pbtxt_enum,
+           "pbtxt_ints": pbtxt_ints, "sh": sh, "sh_name": sh_name, "sh_flag": sh_flag, "sh_join": sh_join,
+           "to_yaml": to_yaml}
+
+
+def only_escaped(value: object) -> object:
+    """Jinja's ``finalize``: what a ``{{ }}`` may output is escaped text (our filters; ``tojson``'s markup)
+    or a number; a bare string or bool would go in unescaped for its file's syntax."""
+    from markupsafe import Markup
+
+    if isinstance(value, (Escaped, Markup)) or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise TemplateValueError(f"{value!r} would go in unescaped: give it the filter for this file's syntax")
 
 
 def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
@@ -51,13 +136,17 @@ def environment(templates: Path = TEMPLATES) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
+        finalize=only_escaped,
     )
-    env.filters.update(pbtxt=pbtxt_string, pbtxt_bool=pbtxt_bool, sh=shlex.quote, to_yaml=to_yaml)
+    env.filters.update(FILTERS)
     return env
 
 
 def render_template(env: jinja2.Environment, template: str, context: dict[str, Any]) -> str:
-    return env.get_template(template).render(**context)
+    try:
+        return env.get_template(template).render(**context)
+    except TemplateValueError as err:
+        raise user_error(template, f"cannot render: {err}", "a value of the wrong type or a template bug") from None
 
 
 def parse_model_config(text: str, where: str) -> None:

@@ -4,8 +4,6 @@ this machine's ``tritonserver`` (local, and Slurm without a container)."""
 from __future__ import annotations
 
 import importlib.util
-import re
-import shlex
 
 from launcher import containers
 from launcher.backends.base import Backend
@@ -26,20 +24,6 @@ def mpirun(ranks: list[list[str]]) -> list[str]:
     for rank, argv in enumerate(ranks):
         command += [*([":"] if rank else []), "-n", "1", *argv]
     return command
-
-
-def shell_word(arg: str, variables: tuple[str, ...] = ()) -> str:
-    """``arg`` quoted for a POSIX shell; references ``${name}`` to the script's own ``variables`` stay
-    live (double quotes, everything else escaped), all other text is literal."""
-    refs = [f"${{{name}}}" for name in variables if f"${{{name}}}" in arg]
-    if not refs:
-        return shlex.quote(arg)
-    pieces = re.split("(" + "|".join(re.escape(ref) for ref in refs) + ")", arg)
-    return '"' + "".join(p if p in refs else re.sub(r'([\\"$`])', r"\\\1", p) for p in pieces) + '"'
-
-
-def shell_join(args: list[str], variables: tuple[str, ...] = ()) -> str:
-    return " ".join(shell_word(arg, variables) for arg in args)
 
 
 def fixed_ports(dep: Deployment) -> list[Problem]:

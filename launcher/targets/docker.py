@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 
 from launcher.backends.base import Backend
@@ -57,7 +56,7 @@ class DockerTarget:
         ranks = backend.server_ranks(dep, plan, container_command(dep, REPOSITORY_MOUNT))
         command = docker_command(dep, plan, image, ranks)
         script = LaunchFile(LAUNCH_FILE, "targets/docker/launch.sh.j2",
-                            {"spec": dep.spec, "image": image, "command": shlex.join(command)}, executable=True)
+                            {"spec": dep.spec, "image": image, "command": command}, executable=True)
         step = Step("launch", f"run {image} with the repository mounted read-only", tuple(command),
                     where="target host")
         return Launch(step, (script,), tuple(map(tuple, ranks)), dep.spec.server)

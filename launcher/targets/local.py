@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, replace
 
 from launcher.backends.base import Backend
@@ -63,7 +62,7 @@ class LocalTarget:
         command = mpirun(ranks)
         env = serving_environment(dep, build=False)
         script = LaunchFile(LAUNCH_FILE, "targets/local/launch.sh.j2",
-                            {"spec": dep.spec, "command": shlex.join(command), "env": env}, executable=True)
+                            {"spec": dep.spec, "command": command, "env": env}, executable=True)
         step = Step("launch", f"start tritonserver locally, log to {dep.paths.server_log}", tuple(command))
         return Launch(step, (script, *host_backend_files(dep, backend)), tuple(map(tuple, ranks)), server, env)
 

@@ -30,7 +30,6 @@ from launcher.targets.common import (
     host_command,
     host_serving_problems,
     serving_environment,
-    shell_join,
 )
 
 JOB_FILE = "job.sbatch"
@@ -134,13 +133,13 @@ def launch_files(dep: Deployment, plan: Plan, backend: Backend, ranks: list[list
     env = {} if spec.target.container_image else serving_environment(dep, build=False)
     job = LaunchFile(JOB_FILE, "targets/slurm/job.sbatch.j2", {
         "spec": spec, "directives": directives(dep), "sbatch_args": spec.target.sbatch_args, "env": env,
-        "ports": " ".join(str(getattr(spec.server, key)) for key in PORT_KEYS), "pick_ports": PICK_PORTS,
+        "ports": [getattr(spec.server, key) for key in PORT_KEYS], "pick_ports": PICK_PORTS,
         "probe": PROBE, "timeout": int(spec.server.start_timeout_s),
-        "command": shell_join(job_command(dep, plan, ranks), PORT_VARIABLES)}, executable=True)
+        "command": job_command(dep, plan, ranks), "variables": PORT_VARIABLES}, executable=True)
     files = [job]
     if len(ranks) > 1:
         files.append(LaunchFile(RANKS_FILE, "targets/slurm/ranks.sh.j2", {
-            "spec": spec, "ranks": [shell_join(argv, PORT_VARIABLES) for argv in ranks]}, executable=True))
+            "spec": spec, "ranks": ranks, "variables": PORT_VARIABLES}, executable=True))
     return (*files, *([] if spec.target.container_image else host_backend_files(dep, backend)))
 
 

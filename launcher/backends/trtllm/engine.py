@@ -5,6 +5,7 @@ ensemble filled with every placeholder of tensorrtllm_backend v0.19.0's template
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from launcher.backends.base import DTYPES, export_hf, export_step, rank_placement, serving_dtype
@@ -76,6 +77,14 @@ ENGINE_DEFAULTS: dict[str, str] = {
 }
 
 
+PARAMETER_KINDS = {  # what a placeholder's documented default says its values are
+    "a boolean (true or false)": re.compile(r"true|false"),
+    "an integer": re.compile(r"-?[0-9]+"),
+    "a number": re.compile(r"-?[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?"),
+    "a type name (like TYPE_FP32)": re.compile(r"TYPE_[A-Z0-9_]+"),
+}
+
+
 def param(value: object) -> str:
     """A placeholder value as ``fill_template.py`` would write it (bools as true/false)."""
     if isinstance(value, bool):
@@ -101,12 +110,22 @@ def problems(dep: Deployment) -> list[Problem]:
 
 
 def parameter_problems(dep: Deployment) -> list[Problem]:
-    """``backend.engine_parameters`` may only set placeholders no spec key sets."""
-    unknown = sorted(set(dep.spec.backend.engine_parameters) - set(ENGINE_DEFAULTS))
-    if not unknown:
-        return []
-    return [Problem(f"backend.engine_parameters.{unknown[0]}", "is not a placeholder this launcher leaves to "
-                    "defaults (spec keys set the others)", f"use one of {', '.join(sorted(ENGINE_DEFAULTS))}")]
+    """``backend.engine_parameters`` may only set placeholders no spec key sets, each with a value of the
+    kind its documented default has (a boolean, an integer, a number, a type name; else free text, which
+    the templates write as a quoted string)."""
+    parameters = dep.spec.backend.engine_parameters
+    unknown = sorted(set(parameters) - set(ENGINE_DEFAULTS))
+    if unknown:
+        return [Problem(f"backend.engine_parameters.{unknown[0]}", "is not a placeholder this launcher leaves to "
+                        "defaults (spec keys set the others)", f"use one of {', '.join(sorted(ENGINE_DEFAULTS))}")]
+    problems = []
+    for key, value in parameters.items():
+        kind = next((name for name, pattern in PARAMETER_KINDS.items() if pattern.fullmatch(ENGINE_DEFAULTS[key])),
+                    None)
+        if kind is not None and value != "" and not PARAMETER_KINDS[kind].fullmatch(str(value)):
+            problems.append(Problem(f"backend.engine_parameters.{key}", f"{value!r} is not {kind}",
+                                    f"give it {kind}, like its default {ENGINE_DEFAULTS[key]!r}"))
+    return problems
 
 
 def qnemo_problems(dep: Deployment) -> list[Problem]:

@@ -206,4 +206,4 @@ def test_llmapi_on_slurm_is_one_srun_task_per_rank() -> None:
     assert len(launch.ranks) == tp * pp
     assert all(rank[0] == "trtllm-llmapi-launch" and Path(rank[1]).name == "tritonserver" for rank in launch.ranks)
     job = next(file for file in launch.files if file.path == "job.sbatch")
-    assert job.context["command"].startswith(f"srun --ntasks={tp * pp} ")
+    assert job.context["command"][:2] == ["srun", f"--ntasks={tp * pp}"]
