@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from collections.abc import Callable
@@ -43,7 +44,7 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
 
 
 def write_hf_config(directory: Path, **overrides: object) -> Path:
-    """An HF directory whose config says Llama (weights file empty: inspect reads only metadata)."""
+    """An HF directory whose config says Llama (a safetensors file without tensors: inspect reads only headers)."""
     config = {
         "architectures": ["LlamaForCausalLM"], "num_hidden_layers": 2, "hidden_size": 128,
         "intermediate_size": 256, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 32,
@@ -52,5 +53,5 @@ def write_hf_config(directory: Path, **overrides: object) -> Path:
     }
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config))
-    (directory / "model.safetensors").write_bytes(b"")
+    (directory / "model.safetensors").write_bytes(struct.pack("<Q", 2) + b"{}")
     return directory

@@ -94,14 +94,15 @@ class MetadataIndex(_Record):
 
     offset = None
 
-    def _key(self) -> tuple:
-        return self.__dict__.get("fqn"), self.__dict__.get("offset")
-
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, MetadataIndex) and self._key() == other._key()
+        return isinstance(other, MetadataIndex) and _index_key(self) == _index_key(other)
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        return hash(_index_key(self))
+
+
+def _index_key(index: MetadataIndex) -> tuple:
+    return index.__dict__.get("fqn"), index.__dict__.get("offset")
 
 
 @dataclass(frozen=True)
