@@ -224,3 +224,20 @@ CASES = [
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_malformed_checkpoint_file_is_one_line(case: Case, cli_outcomes) -> None:
     assert_refused(cli_outcomes[case.id].result())
+
+
+@pytest.mark.parametrize("name", ["/abs/outside", "../../../outside", "nemo_tokenizer/../../../../outside"])
+def test_nemo2_tokenizer_path_never_leaves_the_checkpoint(tmp_path: Path, name: str) -> None:
+    """A model.yaml naming a tokenizer outside ``context/`` (absolute or with ``..``) is not followed: the
+    tokenizer would be copied into the deployment, so a checkpoint could pull in any directory."""
+    from launcher.checkpoints import inspect
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "tokenizer.json").write_text("{}")
+    path = files.fixture("nemo2", tmp_path / "ckpt" / "nemo2")
+    model_yaml = path / "context" / "model.yaml"
+    model = yaml.safe_load(model_yaml.read_text())
+    model["tokenizer"]["pretrained_model_name"] = str(outside) if name.startswith("/") else name
+    model_yaml.write_text(yaml.safe_dump(model))
+    assert inspect(path).tokenizer == path / "context" / "nemo_tokenizer"
