@@ -22,6 +22,7 @@ import shutil
 import tarfile
 import tempfile
 import weakref
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -115,7 +116,7 @@ class Archive:
                         raise _refused(path, f"member '{shown(member.name)}' needs bytes up to "
                                              f"{member.offset_data + member.size}, the file has {size}: truncated")
 
-    def _checked(self, tar: tarfile.TarFile):
+    def _checked(self, tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         """Iterate ``tar``'s members, refusing unsafe ones and too many; regular files are indexed by name."""
         for count, member in enumerate(tar, 1):
             if count > MAX_MEMBERS:
@@ -127,7 +128,7 @@ class Archive:
             yield member
 
     def _scan_gzip(self) -> None:
-        budget, declared = _gzip_budget(self.path), 0
+        budget, declared, in_memory = _gzip_budget(self.path), 0, 0
         with (reading(self.path, "gzip tar archive"), gzip.open(self.path, "rb") as raw,
               io.BufferedReader(_Budget(raw, budget, self.path)) as stream,
               tarfile.open(fileobj=stream, mode="r|") as tar):
@@ -136,9 +137,9 @@ class Archive:
                 if declared > budget:
                     raise _refused(self.path, f"its members declare more than {budget} bytes ({GZIP_EXPANSION}x "
                                               f"the archive's size): a decompression bomb")
-                in_memory = sum(map(len, self._in_memory.values()))
                 if member.isfile() and member.size <= SMALL_FILE_LIMIT and in_memory + member.size <= MEMORY_LIMIT:
                     self._in_memory[_normalize(member.name)] = tar.extractfile(member).read()
+                    in_memory += member.size
             self._gzip_end = tar.offset
             while stream.read(_COPY_CHUNK):  # to the end, so that gzip checks its CRC (within the budget)
                 pass

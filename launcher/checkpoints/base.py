@@ -1,4 +1,5 @@
-"""What every checkpoint reader returns, and the error handling readers share."""
+"""What every checkpoint reader returns, and what readers share: one-line errors for damaged files, typed
+config reads (``Fields``), checked safetensors headers and torch files read one storage at a time."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 
 TensorStream = Iterator[tuple[str, "torch.Tensor"]]
 
+DTYPE_BYTES = {  # bytes per element of each torch dtype a checkpoint's weights may have
+    "float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int8": 1, "uint8": 1, "int16": 2, "int32": 4,
+    "int64": 8, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1,
+}
 SAFETENSORS_DTYPES = {  # torch dtype name -> safetensors header code
     "float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
     "int8": "I8", "uint8": "U8", "int16": "I16", "int32": "I32", "int64": "I64", "bool": "BOOL",
@@ -254,8 +259,7 @@ def torch_file_tensors(f: IO[bytes], where: str, index: dict[str, Any]) -> Tenso
 
 
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024  # the format's own limit (safetensors rejects larger headers)
-SAFETENSORS_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I8": 1, "U8": 1, "I16": 2, "I32": 4, "I64": 8,
-                        "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+SAFETENSORS_ITEMSIZE = {code: DTYPE_BYTES[name] for name, code in SAFETENSORS_DTYPES.items()}
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from launcher.checkpoints.base import (
     reading,
     safetensors_index,
     shown,
+    torch_file_index,
 )
 from launcher.errors import user_error
 from launcher.spec import ModelArch
@@ -123,6 +125,10 @@ def read(path: Path) -> Checkpoint:
                 indexes[file] = safetensors_index(f, str(file))
         stream = functools.partial(_safetensors_tensors, indexes)
     else:
+        for file in files:  # a zip-format pickle is checked now (only its pickle is read); a legacy one at export
+            if zipfile.is_zipfile(file):
+                with open(file, "rb") as f:
+                    torch_file_index(f, str(file))
         stream = functools.partial(_pickle_tensors, files)
     return Checkpoint(
         path=path,

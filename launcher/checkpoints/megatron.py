@@ -12,16 +12,16 @@ import math
 import pickle
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import IO, TYPE_CHECKING
 
-from launcher.checkpoints.base import Fields, TensorStream, check_arch, damaged, reading, shown
+from launcher.checkpoints.base import DTYPE_BYTES, Fields, TensorStream, check_arch, damaged, reading, shown
 from launcher.errors import user_error
 from launcher.spec import ModelArch
 
 if TYPE_CHECKING:
     import torch
-    from torch.distributed.checkpoint.metadata import Metadata
 
 OpenFn = Callable[[str], IO[bytes]]
 
@@ -42,45 +42,118 @@ _LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 _VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")  # padded in Megatron; sliced back here
 
 
-# Every global a torch_dist ``.metadata`` may name, recorded from the files NeMo 2.7.3 / megatron-core 0.15.3
-# wrote (shared/fixtures/nemo-written) and from our fixtures (read with pickletools); all plain data classes.
-_DCP_GLOBALS = {
-    "torch.distributed.checkpoint.metadata": {
-        "Metadata", "StorageMeta", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-        "TensorProperties", "MetadataIndex", "_MEM_FORMAT_ENCODING",
-    },
-    "torch.distributed.checkpoint.planner": {"WriteItem", "TensorWriteData", "WriteItemType"},
-    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-    "torch.serialization": {"_get_layout"},
-    "torch": {"Size"},  # and every torch dtype and layout, by name (see _torch_constant)
+class _Record:
+    """One object of a torch_dist ``.metadata`` as plain attributes: what the pickled data class held.
+
+    Stand-ins rather than torch's own classes: nothing of theirs runs while a file from the internet is
+    unpickled (no ``__setstate__``), and reading the metadata needs no torch import (two seconds) at plan.
+    """
+
+    FIELDS: tuple[str, ...] = ()  # the order of a tuple state (TensorProperties pickles one)
+
+    def __setstate__(self, state: object) -> None:
+        if isinstance(state, tuple) and self.FIELDS and len(state) == len(self.FIELDS):
+            state = dict(zip(self.FIELDS, state, strict=True))
+        if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+            raise pickle.UnpicklingError(f"{type(self).__name__} has a state of {type(state).__name__}")
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+class Metadata(_Record):
+    """Stand-in for torch_dist's ``Metadata``: ``state_dict_metadata`` (fqn -> tensor or bytes metadata) and
+    ``storage_data`` (``MetadataIndex`` -> ``_StorageInfo``). Class attributes are the data class's defaults."""
+
+    storage_data = None
+
+
+class TensorStorageMetadata(_Record):
+    """Stand-in for ``TensorStorageMetadata``: ``properties`` (a ``TensorProperties``), ``size``, ``chunks``."""
+
+
+class BytesStorageMetadata(_Record):
+    """Stand-in for ``BytesStorageMetadata`` (a pickled object, e.g. ``_extra_state``; never a weight)."""
+
+
+class TensorProperties(_Record):
+    """Stand-in for ``TensorProperties`` (``dtype`` ...), which pickles its fields as a tuple."""
+
+    FIELDS = ("dtype", "layout", "requires_grad", "memory_format", "pin_memory")
+
+
+class StorageInfo(_Record):
+    """Stand-in for ``_StorageInfo``: ``relative_path``, ``offset``, ``length`` of one chunk (fields that are
+    None are not pickled)."""
+
+
+class MetadataIndex(_Record):
+    """Stand-in for ``MetadataIndex``: a dictionary key, equal and hashed by ``fqn`` and ``offset`` (None, the
+    default, is not pickled: a bytes item) as the frozen data class is."""
+
+    offset = None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MetadataIndex) and _index_key(self) == _index_key(other)
+
+    def __hash__(self) -> int:
+        return hash(_index_key(self))
+
+
+def _index_key(index: MetadataIndex) -> tuple:
+    return index.__dict__.get("fqn"), index.__dict__.get("offset")
+
+
+@dataclass(frozen=True)
+class TorchDtype:
+    """A torch dtype named in a ``.metadata`` (``torch.bfloat16``), by name; ``torch.<name>`` when reading."""
+
+    name: str
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPE_BYTES[self.name]
+
+
+def _unused(name: str) -> type[_Record]:
+    """Stand-in for a class whose objects a ``.metadata`` holds but no reader uses (plans, storage meta)."""
+    return type(name, (_Record,), {"__doc__": f"Stand-in for ``{name}``; unused."})
+
+
+# Every global a torch_dist ``.metadata`` names, recorded from the file NeMo 2.7.3 / megatron-core 0.15.3 wrote
+# (shared/fixtures/nemo-written) and from our fixtures (read with pickletools), each with what it loads as:
+# enums (memory format, write item type) as their values, ``torch.Size`` as a tuple, a layout as its name.
+_DCP = "torch.distributed.checkpoint"
+_MEGATRON = "megatron.core.dist_checkpointing.strategies.torch"
+_ALLOWED: dict[tuple[str, str], object] = {
+    (f"{_DCP}.metadata", "Metadata"): Metadata,
+    (_MEGATRON, "MCoreMetadata"): Metadata,  # megatron's subclass of Metadata
+    (_MEGATRON, "MCoreSavePlan"): _unused("MCoreSavePlan"),  # each rank's plan, in all_local_plans
+    (f"{_DCP}.metadata", "StorageMeta"): _unused("StorageMeta"),
+    (f"{_DCP}.metadata", "TensorStorageMetadata"): TensorStorageMetadata,
+    (f"{_DCP}.metadata", "BytesStorageMetadata"): BytesStorageMetadata,
+    (f"{_DCP}.metadata", "ChunkStorageMetadata"): _unused("ChunkStorageMetadata"),
+    (f"{_DCP}.metadata", "TensorProperties"): TensorProperties,
+    (f"{_DCP}.metadata", "MetadataIndex"): MetadataIndex,
+    (f"{_DCP}.metadata", "_MEM_FORMAT_ENCODING"): int,
+    (f"{_DCP}.planner", "WriteItem"): _unused("WriteItem"),
+    (f"{_DCP}.planner", "TensorWriteData"): _unused("TensorWriteData"),
+    (f"{_DCP}.planner", "WriteItemType"): int,
+    (f"{_DCP}.filesystem", "_StorageInfo"): StorageInfo,
+    ("torch", "Size"): tuple,
+    ("torch.serialization", "_get_layout"): str,  # called with the layout's name, "torch.strided"
+    **{("torch", name): TorchDtype(name) for name in DTYPE_BYTES},
 }
-_MEGATRON_MODULE = "megatron.core.dist_checkpointing.strategies.torch"
-
-
-class _SavePlanStandIn:
-    """Stand-in for megatron's ``MCoreSavePlan`` (each rank's plan, kept in ``all_local_plans``); never used."""
-
-
-def _torch_constant(name: str) -> object | None:
-    import torch
-
-    value = getattr(torch, name, None)
-    return value if isinstance(value, torch.dtype | torch.layout) else None
 
 
 class _Unpickler(pickle.Unpickler):
-    """Reads ``.metadata`` without megatron and without running anything: only ``_DCP_GLOBALS``, torch dtypes
-    and layouts, and megatron's ``MCoreMetadata`` (torch's ``Metadata``) and ``MCoreSavePlan`` (a stand-in)."""
+    """Reads ``.metadata`` without torch, torch.distributed or megatron, and without running anything: only
+    the globals in ``_ALLOWED``, each as a plain stand-in; anything else is refused."""
 
     def find_class(self, module: str, name: str) -> object:
-        if module == _MEGATRON_MODULE and name in ("MCoreMetadata", "MCoreSavePlan"):
-            from torch.distributed.checkpoint.metadata import Metadata
-
-            return Metadata if name == "MCoreMetadata" else _SavePlanStandIn
-        if module == "torch" and (constant := _torch_constant(name)) is not None:
-            return constant
-        if name in _DCP_GLOBALS.get(module, ()):
-            return super().find_class(module, name)
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[module, name]
         raise pickle.UnpicklingError(f"refusing to load '{shown(module)}.{shown(name)}' (not a checkpoint "
                                      "metadata class; a pickle naming it can run code)")
 
@@ -156,16 +229,6 @@ def _checked(metadata: object, where: str) -> Metadata:
     The unpickler admits only data classes, but their fields can hold anything: sizes, offsets and chunk
     file names are checked here, so the reader never indexes, allocates or opens what the pickle made up.
     """
-    import torch
-    from torch.distributed.checkpoint.filesystem import _StorageInfo
-    from torch.distributed.checkpoint.metadata import (
-        BytesStorageMetadata,
-        Metadata,
-        MetadataIndex,
-        TensorProperties,
-        TensorStorageMetadata,
-    )
-
     def sizes(value: object) -> bool:
         return isinstance(value, tuple) and all(isinstance(v, int) and 0 <= v < 2**63 for v in value)
 
@@ -183,7 +246,7 @@ def _checked(metadata: object, where: str) -> Metadata:
         properties = getattr(meta, "properties", None)
         if not (isinstance(fqn, str) and isinstance(meta, TensorStorageMetadata)
                 and isinstance(properties, TensorProperties) and isinstance(getattr(properties, "dtype", None),
-                                                                            torch.dtype)
+                                                                            TorchDtype)
                 and sizes(getattr(meta, "size", None))):
             raise damaged(where, f"entry '{shown(fqn if isinstance(fqn, str) else type(fqn).__name__)}' is not a "
                                  "tensor's metadata (dtype and size)")
@@ -191,7 +254,7 @@ def _checked(metadata: object, where: str) -> Metadata:
     for index, info in storage.items():
         fqn, offset = getattr(index, "fqn", None), getattr(index, "offset", None)
         if not (isinstance(index, MetadataIndex) and isinstance(fqn, str) and (offset is None or sizes(offset))
-                and isinstance(info, _StorageInfo) and count(getattr(info, "offset", None))
+                and isinstance(info, StorageInfo) and count(getattr(info, "offset", None))
                 and count(getattr(info, "length", None))):
             raise damaged(where, f"storage entry for '{shown(fqn if isinstance(fqn, str) else '?')}' is not a "
                                  "chunk's file, offset and length")
@@ -217,7 +280,6 @@ def dist_tensors(open_fn: OpenFn, where: str, num_layers: int,
     ``...decoder.layers.{l}.X`` per layer, so memory stays bounded by one layer's slice.
     """
     import torch
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     metadata = read_metadata(open_fn, where) if metadata is None else metadata
     storage: dict[str, list] = {}
@@ -251,7 +313,7 @@ def dist_tensors(open_fn: OpenFn, where: str, num_layers: int,
     for fqn, meta in metadata.state_dict_metadata.items():
         if not isinstance(meta, TensorStorageMetadata) or "_extra_state" in fqn:
             continue
-        shape, dtype = tuple(meta.size), meta.properties.dtype
+        shape, dtype = tuple(meta.size), getattr(torch, meta.properties.dtype.name)
         if ".decoder.layers." in fqn and not _LAYER.search(fqn) and shape[:1] == (num_layers,):
             head, _, rest = fqn.partition("decoder.layers.")
             for layer in range(num_layers):

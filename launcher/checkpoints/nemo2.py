@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from launcher.checkpoints import megatron
 from launcher.checkpoints.base import Checkpoint, Fields, TensorStream, reading
 from launcher.checkpoints.hf import check_architecture
 from launcher.errors import user_error
 from launcher.spec import ModelArch
-
-if TYPE_CHECKING:
-    from torch.distributed.checkpoint.metadata import Metadata
 
 _ARCHITECTURES = {"LlamaModel": "LlamaForCausalLM", "MistralModel": "MistralForCausalLM"}
 _DTYPES = {"torch.bfloat16": "bfloat16", "torch.float16": "float16", "torch.float32": "float32"}
@@ -68,7 +65,7 @@ def tokenizer_path(context: Path, tokenizer: Fields) -> Path | None:
     return next((p for p in (context / "nemo_tokenizer", context / "tokenizer.model") if p.exists()), None)
 
 
-def _tensors(weights: Path, arch: ModelArch, metadata: Metadata) -> TensorStream:
+def _tensors(weights: Path, arch: ModelArch, metadata: megatron.Metadata) -> TensorStream:
     def open_file(name: str) -> IO[bytes]:
         return (weights / name).open("rb")
 

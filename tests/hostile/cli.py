@@ -4,7 +4,8 @@ Every case runs ``python -m launcher.cli model=tiny-llama model.checkpoint=<file
 subprocess with its own output_dir, cache_dir, TMPDIR and an empty ``$HOME``, all under the case's
 directory, and is held when: the exit status is 2, stderr is exactly one line naming the file or key,
 there is no traceback anywhere, nothing was written (output, cache, temp, home), the input is untouched
-and no payload marker (``pwned*``) appeared. A module's cases run concurrently (one per core).
+and no payload marker (``pwned*``) appeared. All selected cases start in the background when the hostile
+session starts (tests/hostile/conftest.py), one per core, while the in-process tests (fuzzing) run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,13 +77,20 @@ def _run(outcome: Outcome) -> Outcome:
     return outcome
 
 
-def run_all(cases: list[Case], base: Path) -> dict[str, Outcome]:
-    """Build every case here, then run their CLIs ``os.cpu_count()`` at a time; outcomes by case id."""
+def start(cases: list[Case], base: Path) -> tuple[dict[str, Future[Outcome]], Callable[[], None]]:
+    """Build the cases one after another in a background thread and run each one's CLI as soon as it is
+    built, ``os.cpu_count()`` at a time; returns the outcomes by case id and a function that waits for all."""
     ids = [case.id for case in cases]
     assert len(set(ids)) == len(ids), "case ids must be unique"
-    built = [_build(case, base / case.id) for case in cases]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        return {outcome.case.id: outcome for outcome in pool.map(_run, built)}
+    builder, runner = ThreadPoolExecutor(max_workers=1), ThreadPoolExecutor(max_workers=os.cpu_count() or 2)
+    built = {case.id: builder.submit(_build, case, base / case.id) for case in cases}
+    outcomes = {case_id: runner.submit(lambda f=future: _run(f.result())) for case_id, future in built.items()}
+
+    def wait() -> None:
+        builder.shutdown()
+        runner.shutdown()
+
+    return outcomes, wait
 
 
 # Importing transformers imports torch._dynamo, which creates an empty $TMPDIR/torchinductor_<user> (torch's

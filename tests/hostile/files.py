@@ -6,11 +6,14 @@ in the case directory, tars with bombs, safetensors and GGUF with lying headers,
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
+import pickle
 import shutil
 import struct
 import tarfile
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,25 @@ from tests.fixtures import tiny_models as tiny
 from tests.hostile.cli import MARKER
 
 NEMO_WRITTEN = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "nemo-written" / "llama-gqa"
+
+
+_WRITTEN: dict[tuple, Path] = {}
+
+
+def fixture(writer: str, target: Path, **kwargs: object) -> Path:
+    """``tiny_models.write_<writer>(target, **kwargs)``: written once per session, then copied (a copy takes
+    milliseconds, writing a fixture a good part of a second)."""
+    key = (writer, tuple(sorted(kwargs.items())))
+    if key not in _WRITTEN:
+        scratch = Path(tempfile.mkdtemp(prefix="hostile-fixture-"))
+        atexit.register(shutil.rmtree, scratch, True)
+        _WRITTEN[key] = getattr(tiny, f"write_{writer}")(scratch / target.name, **kwargs)
+    source = _WRITTEN[key]
+    if source.is_dir():
+        shutil.copytree(source, target)
+    else:
+        shutil.copyfile(source, target)
+    return target
 
 
 def marker(case_dir: Path, suffix: str = "") -> Path:
@@ -79,6 +101,21 @@ def trojan(pickle_bytes: bytes, module: str, name: str, *args: str) -> bytes:
     return pickle_bytes[:-1] + call + b"0."
 
 
+def our_metadata(weights: Path) -> object:
+    """torch's ``Metadata`` of one of our fixtures' weights directories, to change and pickle again (an
+    unrestricted unpickler: the file is ours, written by tests/fixtures/tiny_models.py)."""
+    class Ours(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            if module.startswith("megatron."):
+                from torch.distributed.checkpoint.metadata import Metadata
+
+                return Metadata
+            return super().find_class(module, name)
+
+    with open(weights / ".metadata", "rb") as f:
+        return Ours(f).load()
+
+
 def real_metadata() -> bytes:
     """The ``.metadata`` pickle NeMo 2.7.3 (megatron-core 0.15.3) wrote for the shared fixture."""
     return (NEMO_WRITTEN / "nemo2" / "weights" / ".metadata").read_bytes()
@@ -92,7 +129,7 @@ def nemo2_with_metadata(case_dir: Path, data: bytes, *, real: bool = False) -> P
         for p in [path, *path.rglob("*")]:
             p.chmod(0o755 if p.is_dir() else 0o644)
     else:
-        path = tiny.write_nemo2(case_dir / "nemo2")
+        path = fixture("nemo2", case_dir / "nemo2")
     (path / "weights" / ".metadata").write_bytes(data)
     return path
 
@@ -138,7 +175,7 @@ def retar(source: Path, target: Path, *, replace: dict[str, bytes] | None = None
 def nemo_dist_without_tokenizer(case_dir: Path, metadata: bytes | None = None, name: str = "m.nemo") -> Path:
     """A dist-ckpt ``.nemo`` with an HF (not sentencepiece) tokenizer entry: its vocabulary size is read
     from ``model_weights/.metadata`` at ``action=plan``; ``metadata`` replaces that pickle."""
-    source = tiny.write_nemo(case_dir / "source.nemo", dist=True)
+    source = fixture("nemo", case_dir / "source.nemo", dist=True)
     config = nemo1_config(tokenizer={"library": "huggingface", "type": "x", "model": None})
     replace = {"model_config.yaml": config.encode()}
     if metadata is not None:
@@ -152,7 +189,7 @@ def legacy_nemo_with_state(case_dir: Path, state: object, name: str = "legacy.ne
     """A legacy ``.nemo`` whose ``model_weights.ckpt`` is ``torch.save(state)``."""
     import torch
 
-    source = tiny.write_nemo(case_dir / "source.nemo")
+    source = fixture("nemo", case_dir / "source.nemo")
     buffer = io.BytesIO()
     torch.save(state, buffer)
     out = retar(source, case_dir / name, replace={"model_weights.ckpt": buffer.getvalue()})
@@ -170,7 +207,7 @@ def safetensors_bytes(header: object, data: bytes = b"", *, length: int | None =
 def hf_with_weights(data: bytes) -> Callable[[Path], Path]:
     """An HF directory (ours) whose ``model.safetensors`` is ``data``."""
     def build(case_dir: Path) -> Path:
-        path = tiny.write_hf(case_dir / "hf")
+        path = fixture("hf", case_dir / "hf")
         (path / "model.safetensors").write_bytes(data)
         return path
     return build
@@ -179,7 +216,7 @@ def hf_with_weights(data: bytes) -> Callable[[Path], Path]:
 def hf_with_config(**changes: Any) -> Callable[[Path], Path]:
     """An HF directory (ours) whose ``config.json`` has keys changed."""
     def build(case_dir: Path) -> Path:
-        path = tiny.write_hf(case_dir / "hf")
+        path = fixture("hf", case_dir / "hf")
         config = json.loads((path / "config.json").read_text())
         (path / "config.json").write_text(json.dumps({**config, **changes}))
         return path

@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from launcher.errors import LauncherError
 
@@ -16,6 +21,11 @@ TRIED: Counter[str] = Counter()  # reader -> inputs tried in this session
 OUTCOMES: Counter[tuple[str, str]] = Counter()  # (reader, "parsed" | "refused")
 SECONDS: Counter[str] = Counter()
 EXAMPLES = int(os.environ.get("HOSTILE_FUZZ_EXAMPLES", "250"))  # per fuzz test; CI keeps the default
+
+# Hypothesis keeps caches in ./.hypothesis even without an example database: here, in a temporary directory.
+_HOME = Path(tempfile.mkdtemp(prefix="hostile-hypothesis-"))
+atexit.register(shutil.rmtree, _HOME, True)
+set_hypothesis_home_dir(_HOME)
 
 # A fixed budget: EXAMPLES inputs per reader, no deadline per input (CI machines are slow and shared), no
 # example database (nothing is written into the checkout), the failing input printed for reproduction.

@@ -20,7 +20,7 @@ from launcher.checkpoints import inspect
 from launcher.checkpoints.archive import MAX_MEMBERS, SMALL_FILE_LIMIT
 from tests.fixtures import tiny_models as tiny
 from tests.hostile import files
-from tests.hostile.cli import Case, assert_refused, run_all
+from tests.hostile.cli import Case, assert_refused
 
 CONFIG = b"hidden_size: 128\n"
 MiB = 2**20
@@ -90,7 +90,7 @@ def _gnu_sparse(compress: bool):
 
 def _cut(compress: bool):
     def build(case_dir: Path) -> Path:
-        path = tiny.write_nemo(case_dir / "m.nemo", gzip=compress)
+        path = files.fixture("nemo", case_dir / "m.nemo", gzip=compress)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 2])
         return path
@@ -98,7 +98,7 @@ def _cut(compress: bool):
 
 
 def _gzip_corrupt(case_dir: Path) -> Path:
-    path = tiny.write_nemo(case_dir / "m.nemo", gzip=True)
+    path = files.fixture("nemo", case_dir / "m.nemo", gzip=True)
     data = bytearray(path.read_bytes())
     for i in range(len(data) // 3, len(data) // 3 + 64):
         data[i] ^= 0xFF
@@ -122,10 +122,10 @@ def _oversized(kind: str):
     """An uncompressed checkpoint whose small file (tokenizer, config) is 1 MiB over the limit (a hole on disk)."""
     def build(case_dir: Path) -> Path:
         if kind == "qnemo-tokenizer":
-            source = tiny.write_qnemo(case_dir / "source.qnemo")
+            source = files.fixture("qnemo", case_dir / "source.qnemo")
             small = "tokenizer.json"
         else:
-            source = tiny.write_nemo(case_dir / "source.nemo")
+            source = files.fixture("nemo", case_dir / "source.nemo")
             small = files.NEMO1_TOKENIZER if kind == "nemo-tokenizer" else "model_config.yaml"
         path = case_dir / f"m{source.suffix}"
         files.retar(source, path, drop=(small,))
@@ -148,7 +148,7 @@ def _oversized(kind: str):
 
 def _with_member(info: tarfile.TarInfo, data: bytes | None = None, *, compress: bool = False):
     def build(case_dir: Path) -> Path:
-        source = tiny.write_nemo(case_dir / "source.nemo")
+        source = files.fixture("nemo", case_dir / "source.nemo")
         info.size = len(data) if data is not None else 0
         path = files.retar(source, case_dir / "m.nemo", add=[(info, data)], mode="w:gz" if compress else "w")
         source.unlink()
@@ -198,14 +198,9 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory):
-    return run_all(CASES, tmp_path_factory.mktemp("archives"))
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile_archive_is_refused_and_nothing_expands(case: Case, outcomes) -> None:
-    assert_refused(outcomes[case.id])
+def test_hostile_archive_is_refused_and_nothing_expands(case: Case, cli_outcomes) -> None:
+    assert_refused(cli_outcomes[case.id].result())
 
 
 def _scratch_files(checkpoint) -> list[str]:
@@ -224,7 +219,7 @@ def test_inspection_extracts_only_the_tokenizer_and_export_cleans_up(tmp_path: P
 
     if kind == "gz-no-memory":
         monkeypatch.setattr(archive, "MEMORY_LIMIT", 0)
-    checkpoint = inspect(tiny.write_nemo(tmp_path / "m.nemo", gzip=kind != "tar", dist=dist))
+    checkpoint = inspect(files.fixture("nemo", tmp_path / "m.nemo", gzip=kind != "tar", dist=dist))
     scratch = checkpoint.tokenizer.parents[1]
     on_disk = sorted([files.NEMO1_TOKENIZER, *(["decompressed.tar"] if kind == "gz-no-memory" else [])])
     assert _scratch_files(checkpoint) == on_disk

@@ -14,7 +14,7 @@ import yaml
 
 from tests.fixtures import tiny_models as tiny
 from tests.hostile import files
-from tests.hostile.cli import Case, assert_refused, run_all
+from tests.hostile.cli import Case, assert_refused
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -28,14 +28,14 @@ def _tensor(**entry: object) -> bytes:
 
 def _hf_config_text(text: bytes):
     def build(case_dir: Path) -> Path:
-        path = tiny.write_hf(case_dir / "hf")
+        path = files.fixture("hf", case_dir / "hf")
         (path / CONFIG).write_bytes(text)
         return path
     return build
 
 
 def _truncated_weights(case_dir: Path) -> Path:
-    path = tiny.write_hf(case_dir / "hf")
+    path = files.fixture("hf", case_dir / "hf")
     weights = path / WEIGHTS
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return path
@@ -65,7 +65,7 @@ def _gguf_bytes(damage: str):
 def _nemo2_config(**changes: object):
     """Our NeMo 2.0 dir with ``context/model.yaml``'s ``config`` keys changed (``None`` deletes)."""
     def build(case_dir: Path) -> Path:
-        path = tiny.write_nemo2(case_dir / "nemo2")
+        path = files.fixture("nemo2", case_dir / "nemo2")
         model_yaml = path / "context" / "model.yaml"
         model = yaml.safe_load(model_yaml.read_text())
         for key, value in changes.items():
@@ -80,7 +80,7 @@ def _nemo2_config(**changes: object):
 
 def _nemo2_file(relative: str, text: str):
     def build(case_dir: Path) -> Path:
-        path = tiny.write_nemo2(case_dir / "nemo2")
+        path = files.fixture("nemo2", case_dir / "nemo2")
         (path / relative).write_text(text.replace("{marker}", str(files.marker(case_dir))))
         return path
     return build
@@ -89,11 +89,10 @@ def _nemo2_file(relative: str, text: str):
 def _nemo2_tensor_larger_than_its_chunks(case_dir: Path) -> Path:
     import torch
 
-    from launcher.checkpoints.megatron import read_metadata
 
-    path = tiny.write_nemo2(case_dir / "nemo2")
+    path = files.fixture("nemo2", case_dir / "nemo2")
     weights = path / "weights"
-    metadata = read_metadata(lambda name: (weights / name).open("rb"), str(weights))
+    metadata = files.our_metadata(weights)
     meta = metadata.state_dict_metadata["module.embedding.word_embeddings.weight"]
     meta.size = torch.Size([meta.size[0] * 1000, meta.size[1]])
     (weights / ".metadata").write_bytes(tiny._pickle_as_megatron(metadata))
@@ -102,17 +101,17 @@ def _nemo2_tensor_larger_than_its_chunks(case_dir: Path) -> Path:
 
 def _nemo1(**changes: object):
     def build(case_dir: Path) -> Path:
-        return tiny.write_nemo(case_dir / "m.nemo", config=files.nemo1_config(**changes))
+        return files.fixture("nemo", case_dir / "m.nemo", config=files.nemo1_config(**changes))
     return build
 
 
 def _nemo1_text(text: str):
-    return lambda case_dir: tiny.write_nemo(case_dir / "m.nemo", config=text)
+    return lambda case_dir: files.fixture("nemo", case_dir / "m.nemo", config=text)
 
 
 def _qnemo(**changes: object):
     def build(case_dir: Path) -> Path:
-        source = tiny.write_qnemo(case_dir / "source.qnemo")
+        source = files.fixture("qnemo", case_dir / "source.qnemo")
         import tarfile
 
         with tarfile.open(source) as tar:
@@ -126,7 +125,7 @@ def _qnemo(**changes: object):
 
 def _qnemo_weights(data: bytes):
     def build(case_dir: Path) -> Path:
-        source = tiny.write_qnemo(case_dir / "source.qnemo")
+        source = files.fixture("qnemo", case_dir / "source.qnemo")
         out = files.retar(source, case_dir / "q.qnemo", replace={"rank0.safetensors": data})
         source.unlink()
         return out
@@ -222,11 +221,23 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory):
-    return run_all(CASES, tmp_path_factory.mktemp("files"))
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_malformed_checkpoint_file_is_one_line(case: Case, outcomes) -> None:
-    assert_refused(outcomes[case.id])
+def test_malformed_checkpoint_file_is_one_line(case: Case, cli_outcomes) -> None:
+    assert_refused(cli_outcomes[case.id].result())
+
+
+@pytest.mark.parametrize("name", ["/abs/outside", "../../../outside", "nemo_tokenizer/../../../../outside"])
+def test_nemo2_tokenizer_path_never_leaves_the_checkpoint(tmp_path: Path, name: str) -> None:
+    """A model.yaml naming a tokenizer outside ``context/`` (absolute or with ``..``) is not followed: the
+    tokenizer would be copied into the deployment, so a checkpoint could pull in any directory."""
+    from launcher.checkpoints import inspect
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "tokenizer.json").write_text("{}")
+    path = files.fixture("nemo2", tmp_path / "ckpt" / "nemo2")
+    model_yaml = path / "context" / "model.yaml"
+    model = yaml.safe_load(model_yaml.read_text())
+    model["tokenizer"]["pretrained_model_name"] = str(outside) if name.startswith("/") else name
+    model_yaml.write_text(yaml.safe_dump(model))
+    assert inspect(path).tokenizer == path / "context" / "nemo_tokenizer"

@@ -7,16 +7,17 @@ the only allowed outcomes are a parsed result or one ``LauncherError`` line.
 
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import pickle
+import shutil
 import struct
 import tarfile
 import tempfile
 from functools import cache
 from pathlib import Path
 
-import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,6 +30,7 @@ from tests.hostile import files
 from tests.hostile.fuzzing import FUZZ, holds
 
 WORK = Path(tempfile.mkdtemp(prefix="hostile-fuzz-"))  # one file per reader, rewritten for each input
+atexit.register(shutil.rmtree, WORK, True)
 
 # ------------------------------------------------------------------------------------------- values
 EXTREME_INTS = [0, 1, -1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**62, 2**63 - 1, 2**63, 2**64 - 1]
@@ -355,11 +357,3 @@ def test_fuzz_yaml_and_json_text(text: str) -> None:
 
     holds("yaml text", read)
     holds("json text", lambda: hf.arch_from_config(Fields(hf.read_json(json_path), str(json_path))))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _work_dir_is_removed():
-    yield
-    import shutil
-
-    shutil.rmtree(WORK, ignore_errors=True)

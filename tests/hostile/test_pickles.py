@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from launcher.checkpoints.megatron import read_metadata
 from tests.fixtures import tiny_models as tiny
 from tests.hostile import files
-from tests.hostile.cli import Case, assert_refused, run_all
+from tests.hostile.cli import Case, assert_refused
 
 SYSTEM = ("posix", "system")  # what os.system pickles as
 OPEN = ("builtins", "open")
@@ -30,7 +29,7 @@ def _ours() -> bytes:
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        return (tiny.write_nemo2(Path(tmp) / "n") / "weights" / ".metadata").read_bytes()
+        return (files.fixture("nemo2", Path(tmp) / "n") / "weights" / ".metadata").read_bytes()
 
 
 def _trojaned_nemo2(kind: tuple[str, str], *, real: bool):
@@ -62,7 +61,7 @@ def _legacy_nemo(case_dir: Path) -> Path:
 
 def _hf_bin(legacy: bool):
     def build(case_dir: Path) -> Path:
-        path = tiny.write_hf(case_dir / "hf", weights="bin")
+        path = files.fixture("hf", case_dir / "hf", weights="bin")
         torch.save({"model.embed_tokens.weight": files.SystemPayload(files.marker(case_dir))},
                    path / "pytorch_model.bin", _use_new_zipfile_serialization=not legacy)
         return path
@@ -73,9 +72,9 @@ def _distcp_chunk(case_dir: Path) -> Path:
     """A NeMo 2.0 dir (ours) whose first chunk is re-pointed at a ``torch.save``d payload appended to its file."""
     import io
 
-    path = tiny.write_nemo2(case_dir / "nemo2")
+    path = files.fixture("nemo2", case_dir / "nemo2")
     weights = path / "weights"
-    metadata = read_metadata(lambda name: (weights / name).open("rb"), str(weights))
+    metadata = files.our_metadata(weights)
     index, info = next(iter(metadata.storage_data.items()))
     blob = io.BytesIO()
     torch.save([files.OpenPayload(files.marker(case_dir)), torch.zeros(info.length)], blob)  # as long as before
@@ -151,19 +150,15 @@ CASES = [
     Case("legacy-nemo-ckpt", _legacy_nemo, ("model_weights.ckpt",), action="export"),
     Case("hf-bin-zip", _hf_bin(legacy=False), ("pytorch_model.bin",), action="export",
          overrides=("precision=fp16",)),
+    Case("hf-bin-zip-plan", _hf_bin(legacy=False), ("pytorch_model.bin",)),
     Case("hf-bin-legacy", _hf_bin(legacy=True), ("pytorch_model.bin",), action="export",
          overrides=("precision=fp16",)),
 ]
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory):
-    return run_all(CASES, tmp_path_factory.mktemp("pickles"))
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile_pickle_is_refused_without_running(case: Case, outcomes) -> None:
-    assert_refused(outcomes[case.id])
+def test_hostile_pickle_is_refused_without_running(case: Case, cli_outcomes) -> None:
+    assert_refused(cli_outcomes[case.id].result())
 
 
 def _globals_named(data: bytes) -> set[tuple[str, str]]:
