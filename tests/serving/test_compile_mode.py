@@ -86,5 +86,5 @@ def test_greedy_answer_equals_transformers_generate(compiled_server: Launch, tin
 
 def test_stops_cleanly(compiled_server: Launch) -> None:
     code, output = interrupt(compiled_server)
-    assert code == 0, output
+    assert code == 130, output
     assert_stopped_cleanly(compiled_server)
