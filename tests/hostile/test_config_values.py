@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import write_hf_config
-from tests.hostile.cli import MARKER, Case, assert_refused, run_all
+from tests.hostile.cli import MARKER, Case, assert_refused
 
 PAYLOAD = f"$(touch {MARKER}_cmd)`touch {MARKER}_tick`"  # runs only if a shell evaluates the value
 BREAK = f"x\ntouch {MARKER}_line"  # a line break that would end a comment or an #SBATCH line
@@ -96,11 +96,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory):
-    return run_all(CASES, tmp_path_factory.mktemp("config-values"))
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_refused(outcomes, case: Case) -> None:
-    assert_refused(outcomes[case.id])
+def test_refused(case: Case, cli_outcomes) -> None:
+    assert_refused(cli_outcomes[case.id].result())
