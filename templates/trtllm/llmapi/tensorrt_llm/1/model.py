@@ -5,9 +5,10 @@
 that runs in a background thread, so ``execute`` returns at once and the LLM batches requests itself.
 Inputs: ``text_input``, ``streaming``, any ``sampling_param_<name>`` (passed to ``SamplingParams`` as
 ``<name>``), ``return_finish_reason`` / ``return_stop_reason`` / ``return_cumulative_logprob``, and
-``stop`` (abort the requests that carry the same request id). Outputs: ``text_output`` (the new text
-of each chunk when streaming, else the whole completion) and the optional ``finish_reason``,
-``stop_reason``, ``cumulative_logprob``. A request the client cancels is aborted in the LLM.
+``stop`` (abort the requests that carry the same request id). Outputs: ``text_output`` (the whole text
+generated so far, in every streamed response as in the last: upstream's llmapi model sends
+``CompletionOutput.text``, which is cumulative) and the optional ``finish_reason``, ``stop_reason``,
+``cumulative_logprob``. Error texts are upstream's. A request the client cancels is aborted in the LLM.
 Under ``mpirun`` every rank runs this model: rank 0 drives the LLM, the others serve as its workers.
 """
 
@@ -22,6 +23,14 @@ import triton_python_backend_utils as pb_utils
 import yaml
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+
+def cancelled() -> object:
+    """The CANCELLED error response, worded as upstream words it."""
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError("Request cancelled by client",
+                                                                 pb_utils.TritonError.CANCELLED))
+
+
 OPTIONAL_OUTPUTS = {
     "return_finish_reason": ("finish_reason", lambda out: out.finish_reason),
     "return_stop_reason": ("stop_reason", lambda out: out.stop_reason),
@@ -89,7 +98,7 @@ class TritonPythonModel:
     def _parse(self, request) -> tuple[str, dict, bool]:
         prompts = _strings(request, "text_input")
         if not prompts:
-            raise pb_utils.TritonModelException("text_input is required")
+            raise pb_utils.TritonModelException("text_input is missing from the request")
         params = {}
         for tensor in request.inputs():
             name = tensor.name()
@@ -98,7 +107,7 @@ class TritonPythonModel:
                 params[key] = _strings(request, name) if key == "stop" else _scalar(request, name)
         streaming = bool(_scalar(request, "streaming"))
         if streaming and not self.decoupled:
-            raise pb_utils.TritonModelException("streaming needs a decoupled model (backend.streaming=true)")
+            raise pb_utils.TritonModelException("Streaming is only supported in decoupled mode.")
         return prompts[0], params, streaming
 
     def _response(self, request, text: str, output) -> object:
@@ -121,10 +130,13 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         request_id = request.request_id()
         if _scalar(request, "stop"):
+            if not request_id:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    "A request id must be provided for request cancellation")), flags=FINAL)
+                return
             for generation in self.running.pop(request_id, []):
                 generation.abort()
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                "stopped by the client", pb_utils.TritonError.CANCELLED)), flags=FINAL)
+            sender.send(cancelled(), flags=FINAL)
             return
         watcher = generation = None
         try:
@@ -132,20 +144,18 @@ class TritonPythonModel:
             generation = self.llm.generate_async(prompt, self.sampling_params(**params), streaming=streaming)
             self.running.setdefault(request_id, []).append(generation)
             watcher = asyncio.ensure_future(self._watch(request, generation))
-            sent, output = 0, None
+            output = None
             async for result in generation:
                 output = result.outputs[0]
                 if streaming and not request.is_cancelled():
-                    text = output.text
-                    sender.send(self._response(request, text[sent:], output), flags=FINAL if result.finished else 0)
-                    sent = len(text)
+                    sender.send(self._response(request, output.text, output), flags=FINAL if result.finished else 0)
             if request.is_cancelled():
-                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    "cancelled by the client", pb_utils.TritonError.CANCELLED)), flags=FINAL)
+                sender.send(cancelled(), flags=FINAL)
             elif not streaming:
                 sender.send(self._response(request, output.text, output), flags=FINAL)
         except Exception as exc:  # every request gets exactly one final response, errors included
-            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))), flags=FINAL)
+            sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"Error generating request: {exc}")),
+                        flags=FINAL)
         finally:
             if watcher is not None:
                 watcher.cancel()
