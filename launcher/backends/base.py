@@ -42,6 +42,11 @@ class Backend(Protocol):
         """One server argv per rank, rank 0 first, each listening and flagged as ``command`` says."""
         ...
 
+    def container_tag(self, dep: Deployment) -> str:
+        """The tag of NVIDIA's container that serves this deployment when the target does not set one
+        (a row of the version table, ``launcher/containers.json``)."""
+        ...
+
     def backend_files(self, dep: Deployment) -> dict[str, Path]:
         """Triton backends this backend brings for the local server: ``<backend dir>/<file>`` -> source.
 

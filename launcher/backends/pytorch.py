@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from launcher import containers
 from launcher.backends.base import CONVERTIBLE, export_hf, export_step, hf_export, tritonserver_args
 from launcher.deployment import Deployment
 from launcher.errors import Problem
@@ -70,6 +71,9 @@ class PytorchBackend:
 
     def server_ranks(self, dep: Deployment, plan: Plan, command: ServerCommand) -> list[list[str]]:
         return [tritonserver_args(dep, command)]
+
+    def container_tag(self, dep: Deployment) -> str:
+        return containers.default(self.name).tag
 
     def backend_files(self, dep: Deployment) -> dict[str, Path]:
         return {}  # the model brings its own model.py; Triton's python backend runs it

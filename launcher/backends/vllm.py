@@ -12,6 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from launcher import containers
 from launcher.backends.base import (
     CONVERTIBLE,
     export_hf,
@@ -153,6 +154,9 @@ class VllmBackend:
 
     def server_ranks(self, dep: Deployment, plan: Plan, command: ServerCommand) -> list[list[str]]:
         return [tritonserver_args(dep, command)]  # vLLM starts its own tensor/pipeline-parallel workers
+
+    def container_tag(self, dep: Deployment) -> str:
+        return containers.default(self.name).tag
 
     def backend_files(self, dep: Deployment) -> dict[str, Path]:
         """Our Python-based Triton backend ``vllm`` (Triton also needs the ``python`` backend beside it)."""

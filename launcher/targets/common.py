@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 
-from launcher import containers
 from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import Problem
@@ -34,13 +33,10 @@ def fixed_ports(dep: Deployment) -> list[Problem]:
 
 
 def container_tag(dep: Deployment, backend: Backend) -> str:
-    """``target.tag``, or the backend's default (its ``container_tag`` fact), or the table's newest row."""
+    """``target.tag``, or the backend's default for this deployment."""
     target = dep.spec.target
     assert isinstance(target, ContainerTargetSpec)
-    if target.tag:
-        return str(target.tag)
-    fact = getattr(backend, "container_tag", None)
-    return fact(dep) if fact is not None else containers.default(backend.name).tag
+    return str(target.tag) if target.tag else backend.container_tag(dep)
 
 
 def container_image(dep: Deployment, backend: Backend) -> str:
