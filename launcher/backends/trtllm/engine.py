@@ -21,6 +21,7 @@ from launcher.backends.trtllm.common import (
     quantization_problems,
 )
 from launcher.backends.trtllm.common import server_ranks as rank_commands
+from launcher.convert.trtllm_writer import TRTLLM_FAMILIES, writable
 from launcher.deployment import Deployment
 from launcher.errors import Problem
 from launcher.plan import Export, Plan, ServerCommand, Step, TritonModel
@@ -98,6 +99,11 @@ def problems(dep: Deployment) -> list[Problem]:
     problems = qnemo_problems(dep) if dep.checkpoint_format == "qnemo" else []
     problems += quantization_problems(dep)
     have = checkpoint_quant_algo(dep)
+    if dep.checkpoint_format != "qnemo" and not needs_quantization(dep) and dep.arch is not None \
+            and not writable(dep.arch):
+        problems.append(Problem("backend.runtime", f"llm-launch cannot write a TensorRT-LLM checkpoint of "
+                                f"{dep.arch.architecture} for the engine runtime (it writes {TRTLLM_FAMILIES})",
+                                "use backend.runtime=llmapi, which serves the HF checkpoint itself"))
     if have not in (None, "FP8") and dep.checkpoint_format != "qnemo":
         problems.append(Problem("backend.runtime", f"the engine runtime converts 16-bit and FP8 checkpoints; "
                                 f"this one is quantized with {have}", "use backend.runtime=llmapi"))
