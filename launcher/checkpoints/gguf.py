@@ -84,12 +84,12 @@ def _layer_types(meta: Fields, fam: Family, layers: int, window: int | None) -> 
     if window is None or not fam.gemma:
         return None
     key = f"{fam.gguf_arch}.attention.sliding_window_pattern"
-    pattern = meta.data.get(key, 2 if fam.gguf_arch == "gemma2" else GEMMA3_SLIDING_PATTERN)
+    pattern = meta.data.get(key)
     if isinstance(pattern, list):
         if len(pattern) != layers or not all(isinstance(flag, bool) for flag in pattern):
             raise meta.error(key, f"has {len(pattern)} entries; expected one true/false per layer ({layers})")
         return ["sliding_attention" if flag else "full_attention" for flag in pattern]
-    period = meta.int(key, minimum=1)
+    period = meta.int(key, 2 if fam.gguf_arch == "gemma2" else GEMMA3_SLIDING_PATTERN)
     return ["sliding_attention" if (layer + 1) % period else "full_attention" for layer in range(layers)]
 
 
@@ -105,7 +105,7 @@ def arch_from_metadata(reader: GGUFReader, path: Path) -> ModelArch:
     window = meta.int(f"{a}.attention.sliding_window", None) if fam.gemma else None
     family_config: dict[str, Any] = {}
     if fam.gemma:
-        family_config["query_pre_attn_scalar"] = float(head_dim)  # llama.cpp scales by 1/sqrt(head_dim)
+        family_config["query_pre_attn_scalar"] = head_dim  # llama.cpp scales queries by 1/sqrt(head_dim)
         for key in ("attn_logit_softcapping", "final_logit_softcapping"):
             if f"{a}.{key}" in meta.data:
                 family_config[key] = meta.float(f"{a}.{key}")

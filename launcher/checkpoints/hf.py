@@ -85,7 +85,7 @@ def _rope(config: Fields) -> tuple[float, dict[str, Any] | None, float | None]:
 def _layer_types(config: Fields) -> list[str] | None:
     """Each layer's attention kind: ``layer_types``, else from a sliding-window pattern (every n-th layer global)."""
     if (types := config.strings("layer_types")) is not None:
-        return types
+        return None if set(types) == {"full_attention"} else types  # all full: as if none were given
     layers = config.int(config.key("num_hidden_layers", "n_layer", "num_layers"))
     pattern = config.int(config.key("_sliding_window_pattern", "sliding_window_pattern"),
                          SLIDING_PATTERNS.get(str(config.data.get("model_type")), 0), minimum=0)
@@ -107,6 +107,8 @@ def arch_from_config(config: Fields) -> ModelArch:
     sliding = config.data.get("use_sliding_window") is not False
     family_config: dict[str, Any] = {key: config.float(key) for key in FAMILY_NUMBERS if key in config.data
                                      and config.data[key] is not None}
+    family_config = {key: int(value) if isinstance(config.data[key], int) else value  # keep the file's ints
+                     for key, value in family_config.items()}
     family_config |= {key: config.bool(key) for key in FAMILY_FLAGS if config.data.get(key) is not None}
     if local_theta is not None:
         family_config.setdefault("rope_local_base_freq", local_theta)
