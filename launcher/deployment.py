@@ -142,8 +142,8 @@ def resolve(spec: DeploySpec, overrides: tuple[str, ...] = ()) -> Deployment:
             checkpoint = inspect(Path(path).expanduser(), spec.model.format)
         except LauncherError as err:
             problems.extend(err.problems)
-    elif not problems and remote_arch is None and (spec.action in NEEDS_WEIGHTS or (
-            spec.model.arch is None and (spec.action != Action.plan or path is None))):
+    elif not problems and remote_arch is None and (
+            spec.action in NEEDS_WEIGHTS or (spec.model.arch is None and spec.action != Action.plan)):
         where = f"'{path}' does not exist" if path else "is not set"
         problems.append(
             Problem("model.checkpoint", f"{where}; action={spec.action.value} needs the weights",

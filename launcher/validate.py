@@ -92,16 +92,19 @@ MATCHED_FIELDS = ("architecture", "num_layers", "hidden_size", "intermediate_siz
 
 def architecture_matches_checkpoint(dep: Deployment) -> list[Problem]:
     """A model entry's ``arch`` describes its own checkpoint: the weights found there must be that model. A
-    checkpoint given on the command line is the user's own, so its architecture wins over the entry's."""
+    checkpoint given on the command line without choosing an entry (``model=``) is the user's own, so the default
+    entry's architecture gives way to the checkpoint's."""
     declared, ckpt = dep.spec.model.arch, dep.checkpoint
-    if declared is None or ckpt is None or any(o.startswith("model.checkpoint=") for o in dep.overrides):
+    own = any(o.startswith("model.checkpoint=") for o in dep.overrides) and not any(
+        o.startswith("model=") for o in dep.overrides)
+    if declared is None or ckpt is None or own:
         return []
     diffs = [f"{name}: config {getattr(declared, name)} vs checkpoint {getattr(ckpt.arch, name)}"
              for name in MATCHED_FIELDS if getattr(declared, name) != getattr(ckpt.arch, name)]
     if not diffs:
         return []
     return [Problem("model.arch", f"does not match the checkpoint at {ckpt.path} ({'; '.join(diffs)})",
-                    "fix the model config or point model.checkpoint at the right weights")]
+                    "fix the model config or point model.checkpoint at the right weights (model=auto takes any)")]
 
 
 def memory_fits(dep: Deployment) -> list[Problem]:
@@ -124,7 +127,8 @@ def memory_fits(dep: Deployment) -> list[Problem]:
 def lengths_known(dep: Deployment) -> list[Problem]:
     """Lengths left unset (model=auto) come from the checkpoint's positions; without the checkpoint they cannot."""
     model = dep.spec.model
-    if (model.max_input_len is not None and model.max_output_len is not None) or dep.load_problems:
+    if (model.max_input_len is not None and model.max_output_len is not None) or dep.load_problems \
+            or dep.arch is None:  # architecture_known says what is missing
         return []
     return [Problem("model.max_input_len", "is not set and the checkpoint is not on this machine to size it from",
                     "set model.max_input_len and model.max_output_len")]

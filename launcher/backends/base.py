@@ -92,13 +92,17 @@ def hf_export(dep: Deployment) -> Export:
 def export_step(dep: Deployment, export: Export, converter: str) -> Step:
     """The plan step that fills ``export`` (or notes it is used in place / already cached)."""
     where = "here" if dep.checkpoint is not None else "target host"
+    remote_code = (" [trust_remote_code: the checkpoint's own Python code runs when the engine loads it]"
+                   if dep.spec.model.trust_remote_code else "")
     if export.key is None:
-        return Step("export", f"use the {dep.checkpoint_format} checkpoint in place: {export.directory}",
-                    where=where, done=True)
+        return Step("export", f"use the {dep.checkpoint_format} checkpoint in place: {export.directory}"
+                    + remote_code, where=where, done=True)
     cached = export.directory.is_dir()
+    source = f" from {dep.spec.model.checkpoint} (commit {dep.hub['commit']})" if dep.hub else ""
     return Step(
         "export",
-        f"{converter} ({export.dtype}) -> {export.directory}" + (" [cached]" if cached else ""),
+        f"{converter}{source} ({export.dtype}) -> {export.directory}" + (" [cached]" if cached else "")
+        + remote_code,
         command=dep.launcher_command("export"),
         where=where,
         done=cached,

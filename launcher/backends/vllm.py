@@ -132,6 +132,8 @@ class VllmBackend:
             args["quantization"] = quantization
         if backend.enable_chunked_prefill is not None:
             args["enable_chunked_prefill"] = backend.enable_chunked_prefill
+        if spec.model.trust_remote_code:  # never by default: the checkpoint's own Python code runs
+            args["trust_remote_code"] = True
         if dep.checkpoint is not None and dep.checkpoint.kv_cache_quant_algo == "FP8":
             args["kv_cache_dtype"] = "fp8"  # the checkpoint's calibrated KV scales
         elif spec.precision.kv_cache != "auto":
