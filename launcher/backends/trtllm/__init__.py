@@ -70,7 +70,7 @@ class TrtllmBackend:
     engine_packages = ("tensorrt_llm",)
     checkpoint_formats = MappingProxyType({**CONVERTIBLE, "qnemo": "backend.runtime=engine"})
     architecture_tables = MappingProxyType({"backend.runtime=llmapi": "trtllm-llmapi",
-                                            "backend.runtime=engine": "trtllm-engine"})
+                                            "backend.runtime=engine": engine.ENGINE_TABLE})
     serving_modules = MappingProxyType({})  # runs in NVIDIA's TensorRT-LLM container, never on this machine
 
     def problems(self, dep: Deployment) -> list[Problem]:
