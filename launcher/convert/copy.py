@@ -4,7 +4,7 @@ Names, shapes and order stay, so every output file's layout is known before any 
 header is written first, then each tensor at its final offset. A tensor that keeps its dtype is copied by the
 kernel (``os.copy_file_range`` of its byte range; runs of such tensors in one call) without passing through Python
 or torch. A tensor that is cast flows in chunks of ``CHUNK`` bytes through three threads, reader -> cast -> writer,
-with at most ``DEPTH`` chunks between two of them: memory is a few chunks, whatever the largest tensor.
+in ``POOL`` reused buffers: memory is a few chunks, whatever the largest tensor.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from launcher.convert.progress import Progress
 if TYPE_CHECKING:
     import torch
 
-CHUNK = 32 * 1024**2  # bytes of source read per cast step; divisible by every item size
-DEPTH = 2  # chunks waiting between two stages
+CHUNK = 16 * 1024**2  # bytes of source read per cast step; divisible by every item size
+POOL = 3  # buffers of each kind: one being read or cast or written, one waiting
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
 INDEX = "model.safetensors.index.json"
 _NO_COPY_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF}
@@ -105,22 +105,34 @@ def _copy_by_reads(src: int, src_offset: int, dst: int, dst_offset: int, count: 
 
 
 class _Stages:
-    """reader -> cast -> writer threads over the output files' pieces; the first error stops them all."""
+    """reader -> cast -> writer threads over the output files' pieces; the first error stops them all.
 
-    def __init__(self, progress: Progress) -> None:
+    Chunks travel in buffers from two fixed pools (source bytes, cast bytes) that go back once used: memory is
+    ``POOL`` chunks of each, and no page is allocated (and faulted in) twice.
+    """
+
+    def __init__(self, progress: Progress, growth: int) -> None:
+        import torch
+
         self.progress = progress
-        self.casts: queue.Queue = queue.Queue(DEPTH)
-        self.writes: queue.Queue = queue.Queue(DEPTH)
+        self.casts: queue.Queue = queue.Queue()
+        self.writes: queue.Queue = queue.Queue()
+        self.sources: queue.Queue = queue.Queue()
+        self.targets: queue.Queue = queue.Queue()
+        for _ in range(POOL):
+            self.sources.put(bytearray(CHUNK))
+            self.targets.put(torch.empty(CHUNK * growth, dtype=torch.uint8))
         self.error: BaseException | None = None
         self.failed = threading.Event()
 
-    def _put(self, channel: queue.Queue, job: Any) -> None:
+    def _get(self, channel: queue.Queue) -> Any:
+        """The next item, or None once a stage has failed (so no thread waits for one that stopped)."""
         while not self.failed.is_set():
             try:
-                channel.put(job, timeout=0.1)
-                return
-            except queue.Full:
+                return channel.get(timeout=0.1)
+            except queue.Empty:
                 continue
+        return None
 
     def _guard(self, work: Any) -> None:
         try:
@@ -130,13 +142,21 @@ class _Stages:
             self.failed.set()
 
     def run(self, jobs: list[tuple[int, int, list[_Piece]]]) -> None:
-        """``jobs``: (source fd, output fd, pieces) per output file."""
+        """``jobs``: (source fd, output fd, pieces) per output file. torch casts on one thread meanwhile: its
+        other OpenMP threads would spin between chunks on the cores the reader and the writer need."""
+        import torch
+
         threads = [threading.Thread(target=self._guard, args=(work,), daemon=True)
                    for work in (lambda: self._read(jobs), self._cast, self._write)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        torch_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            torch.set_num_threads(torch_threads)
         if self.error is not None:
             raise self.error
 
@@ -144,54 +164,61 @@ class _Stages:
         for src, dst, pieces in jobs:
             run: list[_Piece] = []  # same-dtype pieces contiguous in source and output: one kernel copy
             for piece in [*pieces, None]:
+                if self.failed.is_set():
+                    return
                 if run and (piece is None or piece.cast or piece.entry.start != run[-1].entry.end):
                     first, last = run[0], run[-1]
-                    self._put(self.casts, ("copy", src, first.entry.start, dst, first.out_start,
-                                           last.entry.end - first.entry.start, len(run)))
+                    self.casts.put(("copy", src, first.entry.start, dst, first.out_start,
+                                    last.entry.end - first.entry.start, len(run)))
                     run = []
-                if piece is None or self.failed.is_set():
+                if piece is None:
                     continue
                 if not piece.cast:
                     run.append(piece)
                     continue
                 for start in range(piece.entry.start, piece.entry.end, CHUNK):
                     count = min(CHUNK, piece.entry.end - start)
-                    data = bytearray(count)
-                    if os.preadv(src, [data], start) != count:
+                    if (buffer := self._get(self.sources)) is None:
+                        return
+                    if os.preadv(src, [memoryview(buffer)[:count]], start) != count:
                         raise damaged(piece.source, f"the file ends inside tensor '{piece.entry.name}'")
                     last = start + count == piece.entry.end
-                    self._put(self.casts, ("cast", data, piece, start - piece.entry.start, dst, last))
-        self._put(self.casts, None)
+                    self.casts.put(("cast", buffer, count, piece, start - piece.entry.start, dst, last))
+        self.casts.put(None)
 
     def _cast(self) -> None:
         import torch
 
-        while (job := self.casts.get()) is not None and not self.failed.is_set():
+        while (job := self._get(self.casts)) is not None:
             if job[0] == "cast":
-                _, data, piece, done, dst, last = job
+                _, buffer, count, piece, done, dst, last = job
                 source = getattr(torch, SAFETENSORS_NAMES[piece.entry.dtype])
                 target = getattr(torch, piece.out_dtype)
-                cast = torch.frombuffer(data, dtype=source).to(target)
+                values = count // source.itemsize
+                if (out := self._get(self.targets)) is None:
+                    return
+                out[:values * target.itemsize].view(target).copy_(
+                    torch.frombuffer(buffer, dtype=source, count=values))
+                self.sources.put(buffer)
                 offset = piece.out_start + done // source.itemsize * target.itemsize
-                job = ("write", cast, dst, offset, len(data), int(last))
-            self._put(self.writes, job)
-        self._put(self.writes, None)
+                job = ("write", out, values * target.itemsize, dst, offset, count, int(last))
+            self.writes.put(job)
+        self.writes.put(None)
 
     def _write(self) -> None:
-        import torch
-
-        while (job := self.writes.get()) is not None and not self.failed.is_set():
+        while (job := self._get(self.writes)) is not None:
             if job[0] == "copy":
                 _, src, src_offset, dst, dst_offset, count, tensors = job
                 copy_range(src, src_offset, dst, dst_offset, count)
                 self.progress.advance(count, tensors)
-            else:
-                _, cast, dst, offset, source_bytes, tensors = job
-                view = memoryview(cast.view(torch.uint8).numpy())
-                written = 0
-                while written < len(view):
-                    written += os.pwrite(dst, view[written:], offset + written)
-                self.progress.advance(source_bytes, tensors)
+                continue
+            _, out, nbytes, dst, offset, source_bytes, tensors = job
+            view = memoryview(out.numpy())[:nbytes]
+            written = 0
+            while written < nbytes:
+                written += os.pwrite(dst, view[written:], offset + written)
+            self.targets.put(out)
+            self.progress.advance(source_bytes, tensors)
 
 
 def copy_files(source: Path, out_dir: Path, dtype: str) -> None:
@@ -232,11 +259,12 @@ def copy_hf(checkpoint: Checkpoint, out_dir: Path, dtype: torch.dtype) -> Path:
             dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             opened.append(dst)
             os.pwrite(dst, header, 0)
-            os.ftruncate(dst, pieces[-1].out_start + pieces[-1].out_bytes if pieces else len(header))
             jobs.append((src, dst, pieces))
+        growth = max([DTYPE_BYTES[p.out_dtype] // DTYPE_BYTES[SAFETENSORS_NAMES[p.entry.dtype]]
+                      for *_, pieces in files for p in pieces if p.cast] or [1]) or 1
         with Progress(f"export {checkpoint.path.name} -> {name}", source_bytes,
                       sum(len(p) for *_, p in files)) as progress:
-            _Stages(progress).run(jobs)
+            _Stages(progress, max(growth, 1)).run(jobs)
     finally:
         for fd in opened:
             os.close(fd)
