@@ -127,9 +127,12 @@ def arch_from_config(config: Fields, vocab_size: int) -> ModelArch:
         if config.int(key, 1) != 1:
             raise user_error(f"{config.where}: {key}", "sharded (TP/PP > 1) .nemo files are not supported yet",
                              "re-save the model with TP=PP=1")
-    moe = config.int("num_moe_experts", 0, minimum=0)  # NeMo 1.0 keeps the family in flags, not a class
+    if config.int("num_moe_experts", 0, minimum=0):  # NeMo 1.0 keeps the family in flags, not a model class
+        raise user_error(f"{config.where}: num_moe_experts", "NeMo 1.0 mixture-of-experts checkpoints cannot be "
+                         "converted by llm-launch", "import the model into NeMo 2.0 (its MixtralModel is read) or "
+                         "export it to HF with NeMo")
     return megatron.model_arch(
-        config, architecture="MixtralForCausalLM" if moe else "LlamaForCausalLM", vocab_size=vocab_size,
+        config, architecture="LlamaForCausalLM", vocab_size=vocab_size,
         max_positions=config.int(config.key("max_position_embeddings", "encoder_seq_length"), 4096),
         dtype=_DTYPES.get(str(config.data.get("precision", 32)), "float32"),
     )

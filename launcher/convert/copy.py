@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import torch
 
 CHUNK = 16 * 1024**2  # bytes of source read per cast step; divisible by every item size
+PAGE = 4096
 POOL = 3  # buffers of each kind: one being read or cast or written, one waiting
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
 INDEX = "model.safetensors.index.json"
@@ -62,7 +63,9 @@ class _Piece:
 
 
 def _layout(entries: list[SafetensorsEntry], source: Path, dtype: str) -> tuple[bytes, list[_Piece]]:
-    """The output header (padded to 8 bytes, as safetensors writes it) and where each tensor goes."""
+    """The output header and where each tensor goes. The header is padded with spaces (as the format allows) so
+    the data starts at the source's offset within a page: kernel copies then move whole pages, several times
+    faster than copies that straddle them."""
     pieces, offset, header = [], 0, {"__metadata__": {"format": "pt"}}
     for entry in entries:
         name = SAFETENSORS_NAMES[entry.dtype]
@@ -73,7 +76,9 @@ def _layout(entries: list[SafetensorsEntry], source: Path, dtype: str) -> tuple[
         pieces.append(_Piece(entry, source, offset, out_dtype))
         offset += nbytes
     text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
+    first = entries[0].start if entries else 8
+    aligned = first % 8 == 0  # the format wants the data 8-byte aligned; then match the source within its page
+    text += b" " * ((first - 8 - len(text)) % PAGE if aligned else -len(text) % 8)
     start = 8 + len(text)
     return struct.pack("<Q", len(text)) + text, [_Piece(p.entry, p.source, start + p.out_start, p.out_dtype)
                                                   for p in pieces]
@@ -256,6 +261,7 @@ def copy_hf(checkpoint: Checkpoint, out_dir: Path, dtype: torch.dtype) -> Path:
         for source, target, header, pieces in files:
             src = os.open(source, os.O_RDONLY)
             opened.append(src)
+            os.posix_fadvise(src, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # read whole: a larger readahead window
             dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             opened.append(dst)
             os.pwrite(dst, header, 0)
