@@ -29,6 +29,7 @@ from launcher.checkpoints.base import (
     Checkpoint,
     SafetensorsEntry,
     damaged,
+    reading,
 )
 from launcher.checkpoints.hf import read_json
 from launcher.convert.progress import Progress
@@ -160,6 +161,11 @@ class _Stages:
                 thread.start()
             for thread in threads:
                 thread.join()
+        except BaseException:  # Ctrl-C: the stages stop at their next chunk before the files are closed
+            self.failed.set()
+            for thread in threads:
+                thread.join()
+            raise
         finally:
             torch.set_num_threads(torch_threads)
         if self.error is not None:
@@ -173,7 +179,7 @@ class _Stages:
                     return
                 if run and (piece is None or piece.cast or piece.entry.start != run[-1].entry.end):
                     first, last = run[0], run[-1]
-                    self.casts.put(("copy", src, first.entry.start, dst, first.out_start,
+                    self.casts.put(("copy", first.source, src, first.entry.start, dst, first.out_start,
                                     last.entry.end - first.entry.start, len(run)))
                     run = []
                 if piece is None:
@@ -213,8 +219,9 @@ class _Stages:
     def _write(self) -> None:
         while (job := self._get(self.writes)) is not None:
             if job[0] == "copy":
-                _, src, src_offset, dst, dst_offset, count, tensors = job
-                copy_range(src, src_offset, dst, dst_offset, count)
+                _, source, src, src_offset, dst, dst_offset, count, tensors = job
+                with reading(source, "safetensors weights"):  # a file cut short since its header was read
+                    copy_range(src, src_offset, dst, dst_offset, count)
                 self.progress.advance(count, tensors)
                 continue
             _, out, nbytes, dst, offset, source_bytes, tensors = job
