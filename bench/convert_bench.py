@@ -1,8 +1,17 @@
-"""Conversion benchmark: peak memory and throughput of ``to_hf`` on a ~1.5 GB Llama, next to a file copy.
+"""Conversion benchmark: an HF export through the export cache (``launcher.cache.fill`` + ``launcher.convert.to_hf``)
+next to a plain file copy of the same weights, with a warm and a cold page cache; peak memory; a cache hit.
 
-Run: ``.venv/bin/python bench/convert_bench.py [--gb 1.5] [--dtype float32]``. Prints ratios; not a test.
-Peak RSS is the converting subprocess's high-water mark minus that of an interpreter that only imports
-torch (and the launcher), so it measures what the conversion itself holds.
+Run: ``.venv/bin/python bench/convert_bench.py [--gb 1.5] [--dtype float32] [--cold]``. Prints ratios; not a test.
+
+- same dtype: the export keeps float32 (tensors are copied by byte range, ``copy_file_range``); aim >= 0.8x copy.
+- cast: float32 -> bfloat16 (chunks through reader -> cast -> writer threads); aim >= 0.5x copy.
+- copy: ``shutil.copyfile`` (``sendfile`` on Linux) of every weight file. Every timing ends with ``os.sync()``, so
+  writing back dirty pages is inside it, for the copy and the export alike; the export is timed inside its own
+  process, from ``cache.fill`` to that sync (its interpreter's start and exit are not in it).
+- cold (``--cold``, root only): ``echo 3 > /proc/sys/vm/drop_caches`` before each timed run, so the weights come
+  from the disk; otherwise the weights were just written and are in the page cache (warm).
+- peak RSS: the exporting subprocess's high-water mark minus that of an interpreter that only imports torch and
+  the launcher, next to the largest tensor (aim: at most largest tensor + 512 MB).
 """
 
 from __future__ import annotations
@@ -10,8 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,17 +29,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPORTS = """
+import resource
 import torch, transformers, safetensors
 from launcher.checkpoints import inspect
 from launcher import cache
+from launcher.convert import to_hf
 """
-CONVERT = IMPORTS + """
-import sys, time
+BASELINE = IMPORTS + "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+EXPORT = IMPORTS + """
+import os, sys, time
 from pathlib import Path
 start = time.perf_counter()
-_, hit = cache.export_hf(inspect(Path(sys.argv[1])), Path(sys.argv[2]), sys.argv[3])
-end = time.perf_counter()
-print(end - start, hit, end)  # seconds converting (imports excluded), hit, when it finished
+hit = cache.fill(Path(sys.argv[2]), lambda tmp: to_hf(inspect(Path(sys.argv[1])), tmp, sys.argv[3]))
+os.sync()
+seconds = time.perf_counter() - start
+print(seconds, hit, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # imports and exit excluded, sync included
 """
 
 
@@ -66,47 +79,85 @@ def write_model(directory: Path, gb: float, dtype: str) -> int:
     return largest
 
 
-def peak_rss_mb(code: str, *args: str) -> tuple[float, str]:
-    """Run ``code`` in a fresh interpreter; its peak RSS in MB and its stdout."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def run(code: str, *args: str) -> list[str]:
+    """Run ``code`` in a fresh interpreter; the fields of its last line (each child prints its own peak RSS)."""
     out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, check=True, capture_output=True, text=True)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # RUSAGE_CHILDREN reports the largest child so far: run the smaller (baseline) child first
-    return max(after, before) / 1024, out.stdout
+    return out.stdout.split("\n")[-2].split()
+
+
+def timed_copy(source: Path, target: Path, cold: bool) -> float:
+    target.mkdir()
+    os.sync()  # every timed run starts with no dirty pages of an earlier one
+    if cold:
+        drop_caches()
+    start = time.perf_counter()
+    for f in source.glob("*.safetensors"):
+        shutil.copyfile(f, target / f.name)
+    os.sync()
+    seconds = time.perf_counter() - start
+    shutil.rmtree(target)
+    return seconds
+
+
+def timed_export(source: Path, entry: Path, dtype: str, cold: bool) -> tuple[float, float, str]:
+    """Seconds the export took in its process (from ``cache.fill`` to after ``os.sync()``), its peak RSS in MB,
+    and 'True' on a cache hit."""
+    os.sync()
+    if cold:
+        drop_caches()
+    seconds, hit, peak_kb = run(EXPORT, str(source), str(entry), dtype)
+    return float(seconds), int(peak_kb) / 1024, hit
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--gb", type=float, default=1.5)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--cast", default="bfloat16")
+    parser.add_argument("--cold", action="store_true", help="drop the page cache before each timed run (root)")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the copy and the exports; print each run")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=ROOT.parent if os.access(ROOT.parent, os.W_OK) else None) as tmp:
         work = Path(tmp)
         largest = write_model(work / "src", args.gb, args.dtype)
         weights = sum(f.stat().st_size for f in (work / "src").glob("*.safetensors"))
+        baseline_mb = int(run(BASELINE)[0]) / 1024
+        state = "cold page cache" if args.cold else "warm page cache"
+        print(f"weights: {weights / 1e9:.2f} GB ({args.dtype}), largest tensor {largest / 1e6:.0f} MB; {state}")
+        ratios: dict[str, list[float]] = {}
+        for number in range(1, args.runs + 1):
+            for name, ratio in measure(work, weights, largest, baseline_mb, args,
+                                       f"run {number}: " if args.runs > 1 else "").items():
+                ratios.setdefault(name, []).append(ratio)
+        if args.runs > 1:  # each export against the copy timed just before it: the disk is shared, and noisy
+            print("median over runs: " + ", ".join(f"{name} {statistics.median(r):.2f}x copy (min {min(r):.2f}x, "
+                                                    f"max {max(r):.2f}x)" for name, r in ratios.items()))
 
-        baseline_mb, _ = peak_rss_mb(IMPORTS)
-        os.sync()  # both timings include flushing their output, so dirty-page writeback is not a coin toss
-        start = time.perf_counter()
-        for f in (work / "src").glob("*.safetensors"):
-            shutil.copyfile(f, work / f"copy-{f.name}")
-        os.sync()
-        copy_s = time.perf_counter() - start
-        convert_mb, out = peak_rss_mb(CONVERT, str(work / "src"), str(work / "cache" / "entry"), args.dtype)
-        os.sync()
-        convert_s = float(out.split()[0]) + time.perf_counter() - float(out.split()[2])  # + the sync
-        _, out = peak_rss_mb(CONVERT, str(work / "src"), str(work / "cache" / "entry"), args.dtype)
-        hit_s, hit = float(out.split()[0]), out.split()[1]
 
-    extra_mb = convert_mb - baseline_mb
-    print(f"weights: {weights / 1e9:.2f} GB ({args.dtype}), largest tensor {largest / 1e6:.0f} MB")
-    print(f"copy:    {copy_s:.2f} s ({weights / copy_s / 1e9:.2f} GB/s)")
-    print(f"convert: {convert_s:.2f} s ({weights / convert_s / 1e9:.2f} GB/s) -> {copy_s / convert_s:.2f}x copy "
-          f"(aim >= 0.8x)")
-    print(f"peak RSS: convert {convert_mb:.0f} MB, torch-only interpreter {baseline_mb:.0f} MB, "
-          f"difference {extra_mb:.0f} MB = largest tensor + {extra_mb - largest / 1e6:.0f} MB (aim < +512 MB)")
-    print(f"cache hit: {hit_s * 1000:.1f} ms (hit={hit}), {convert_s / hit_s:.0f}x faster than the first run")
+def measure(work: Path, weights: int, largest: int, baseline_mb: float, args: argparse.Namespace,
+            label: str) -> dict[str, float]:
+    """A copy before each export, side by side; each export's speed as a multiple of its copy's."""
+    ratios = {}
+    for name, dtype, aim in (("same dtype", args.dtype, 0.8), (f"cast to {args.cast}", args.cast, 0.5)):
+        copy_s = timed_copy(work / "src", work / "copy", args.cold)
+        print(f"{label}copy: {copy_s:.2f} s ({weights / copy_s / 1e9:.2f} GB/s)")
+        entry = work / "cache" / dtype
+        seconds, mb, _ = timed_export(work / "src", entry, dtype, args.cold)
+        ratios[name] = copy_s / seconds
+        extra = mb - baseline_mb
+        print(f"{label}export {name}: {seconds:.2f} s ({weights / seconds / 1e9:.2f} GB/s read) -> "
+              f"{copy_s / seconds:.2f}x copy (aim >= {aim}x); peak RSS {mb:.0f} MB, {extra:.0f} MB above the "
+              f"torch-only interpreter = largest tensor {extra - largest / 1e6:+.0f} MB (aim <= +512 MB)")
+        hit_s, _, hit = timed_export(work / "src", entry, dtype, False)
+        print(f"   cache hit: {hit_s * 1000:.1f} ms (hit={hit})")
+        shutil.rmtree(entry)
+    return ratios
 
 
 if __name__ == "__main__":

@@ -55,10 +55,12 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     """Run the composed spec up to its action; raises LauncherError with every problem found."""
     spec = typed_spec(cfg)
     dep = resolve(spec, overrides)
+    spec = dep.spec  # with what the checkpoint decides (model=auto's lengths)
     backend, target = get_backend(spec.backend.name), get_target(spec.target.name)
     if found := problems(dep):
         raise LauncherError(*found)
     plan = backend.plan(dep)
+    plan.lock.update(dep.lock)
     launch = target.launch(dep, plan, backend)
     outcome = Outcome(spec, [*plan.steps, render_step(dep), launch.step], plan.placement,
                       estimate=estimate(dep) if dep.arch is not None else None)
@@ -89,7 +91,9 @@ def problems(dep: Deployment) -> list[Problem]:
     if found := validate.spec_problems(dep):
         return found  # the other rules compute with these values
     readers = {name: plugin.checkpoint_formats for name, plugin in BACKENDS.items()}
-    found = [*validate.problems(dep), *validate.checkpoint_readable(dep, backend.name, readers)]
+    tables = {name: plugin.architecture_tables for name, plugin in BACKENDS.items()}
+    found = [*validate.problems(dep), *validate.checkpoint_readable(dep, backend.name, readers),
+             *validate.architecture_loadable(dep, backend.name, tables)]
     if dep.arch is not None:
         found += backend.problems(dep)
     return found + target.problems(dep, backend)

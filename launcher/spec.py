@@ -41,12 +41,17 @@ class TrtllmRuntime(Enum):
 
 @dataclass
 class ModelArch:
-    """Architecture of a Llama-family decoder, in Hugging Face terms."""
+    """What the launcher needs to know of a decoder-only model, whatever its family, in Hugging Face terms.
+
+    The first block every family has; the rest are optional and say how a family differs from a dense,
+    full-attention decoder (mixture of experts, sliding-window layers, latent KV). ``family_config`` keeps the
+    family's other ``config.json`` keys (Gemma's soft-capping, Granite's multipliers ...) for converters.
+    """
 
     architecture: str = "LlamaForCausalLM"
     num_layers: int = MISSING
     hidden_size: int = MISSING
-    intermediate_size: int = MISSING
+    intermediate_size: int = MISSING  # the dense FFN width (MoE: see expert_intermediate_size)
     num_attention_heads: int = MISSING
     num_kv_heads: int = MISSING
     head_dim: int = MISSING
@@ -57,15 +62,25 @@ class ModelArch:
     tie_word_embeddings: bool = False
     rope_scaling: dict[str, Any] | None = None
     dtype: str = "bfloat16"  # dtype the weights are stored in
+    # ---- optional, where a family has them
+    parameters: int | None = None  # counted from the checkpoint's tensor headers; None: estimated from the sizes
+    num_experts: int = 0  # routed experts per MoE layer (0: a dense model)
+    experts_per_token: int = 0
+    expert_intermediate_size: int | None = None  # FFN width of one expert (None: intermediate_size)
+    shared_expert_intermediate_size: int = 0  # an always-active expert beside the routed ones
+    sliding_window: int | None = None  # tokens a sliding-window layer attends to
+    layer_types: list[str] | None = None  # per layer, e.g. full_attention / sliding_attention (None: all full)
+    kv_lora_rank: int | None = None  # MLA (DeepSeek V2/V3): the latent KV width cached per token and layer
+    qk_rope_head_dim: int = 0  # MLA: the rotary part cached beside the latent
+    family_config: dict[str, Any] | None = None  # other config.json keys of the family, by their HF names
 
-    def num_parameters(self) -> int:
-        """Parameter count (embeddings counted once when tied)."""
-        h, kv = self.hidden_size, self.num_kv_heads * self.head_dim
-        attn = h * self.num_attention_heads * self.head_dim * 2 + h * kv * 2
-        mlp = 3 * h * self.intermediate_size
-        per_layer = attn + mlp + 2 * h
-        embed = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embed + h
+    def layer_windows(self) -> list[int | None]:
+        """The tokens each layer's KV cache holds at most (None: the whole sequence)."""
+        kinds = self.layer_types or ["sliding_attention" if self.sliding_window else "full_attention"] * self.num_layers
+        return [self.sliding_window if kind in SLIDING_LAYERS and self.sliding_window else None for kind in kinds]
+
+
+SLIDING_LAYERS = ("sliding_attention", "chunked_attention")
 
 
 @dataclass
@@ -75,10 +90,11 @@ class ModelSpec:
     format: CheckpointFormat = CheckpointFormat.auto
     source: str | None = None  # where the weights come from (e.g. a Hugging Face repo id), for people
     served_name: str = "llm"  # Triton model name clients call
-    max_input_len: int = 2048
-    max_output_len: int = 512
+    max_input_len: int | None = 2048  # None: from the checkpoint's positions (model=auto)
+    max_output_len: int | None = 512
     chat_template: bool = True  # apply the tokenizer's chat template to prompts
     arch: ModelArch | None = None  # carried by public models so plans work without the weights
+    trust_remote_code: bool = False  # let the engine run Python code the checkpoint ships (never by default)
 
 
 @dataclass
@@ -185,6 +201,26 @@ class DeploySpec:
     target: TargetSpec = MISSING
     server: ServerSpec = field(default_factory=ServerSpec)
     smoke: SmokeSpec = field(default_factory=SmokeSpec)
+
+
+CHECKPOINT_SUFFIXES = (".gguf", ".nemo", ".qnemo", ".tar", ".tgz", ".gz")
+
+
+def checkpoint_name(checkpoint: str | None) -> str:
+    """A model name from a checkpoint's directory or file name (``/models/Qwen3-8B`` -> ``Qwen3-8B``,
+    ``hf://Qwen/Qwen3-8B@main`` -> ``Qwen3-8B``, ``tiny.q8_0.gguf`` -> ``tiny.q8_0``), sanitised to
+    ``[A-Za-z0-9][A-Za-z0-9_.-]*`` (at most 128 characters); ``model`` when nothing is left."""
+    text = (checkpoint or "").rstrip("/")
+    if text.startswith("hf://"):
+        text = text.split("@", 1)[0]
+    base = re.split(r"[/\\]", text)[-1]
+    while base.lower().endswith(CHECKPOINT_SUFFIXES):
+        base = base[: base.rfind(".")]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).lstrip("_.-")[:128].rstrip("_.-")
+    return name or "model"
+
+
+OmegaConf.register_new_resolver("checkpoint_name", checkpoint_name, replace=True)
 
 
 def to_spec(cfg: DictConfig) -> DeploySpec:

@@ -86,24 +86,31 @@ def checkpoint_available(dep: Deployment) -> list[Problem]:
     return list(dep.load_problems)
 
 
+MATCHED_FIELDS = ("architecture", "num_layers", "hidden_size", "intermediate_size", "num_attention_heads",
+                  "num_kv_heads", "head_dim", "vocab_size", "tie_word_embeddings", "num_experts")
+
+
 def architecture_matches_checkpoint(dep: Deployment) -> list[Problem]:
+    """A model entry's ``arch`` describes its own checkpoint: the weights found there must be that model. A
+    checkpoint given on the command line without choosing an entry (``model=``) is the user's own, so the default
+    entry's architecture gives way to the checkpoint's."""
     declared, ckpt = dep.spec.model.arch, dep.checkpoint
-    if declared is None or ckpt is None:
+    own = any(o.startswith("model.checkpoint=") for o in dep.overrides) and not any(
+        o.startswith("model=") for o in dep.overrides)
+    if declared is None or ckpt is None or own:
         return []
-    skip = {"dtype", "rope_scaling", "max_position_embeddings", "rms_norm_eps"}
-    diffs = [f"{f.name}: config {getattr(declared, f.name)} vs checkpoint {getattr(ckpt.arch, f.name)}"
-             for f in fields(declared)
-             if f.name not in skip and getattr(declared, f.name) != getattr(ckpt.arch, f.name)]
+    diffs = [f"{name}: config {getattr(declared, name)} vs checkpoint {getattr(ckpt.arch, name)}"
+             for name in MATCHED_FIELDS if getattr(declared, name) != getattr(ckpt.arch, name)]
     if not diffs:
         return []
     return [Problem("model.arch", f"does not match the checkpoint at {ckpt.path} ({'; '.join(diffs)})",
-                    "fix the model config or point model.checkpoint at the right weights")]
+                    "fix the model config or point model.checkpoint at the right weights (model=auto takes any)")]
 
 
 def memory_fits(dep: Deployment) -> list[Problem]:
     """Weights + KV cache for max batch x max sequence must fit memory x kv_cache_memory_fraction."""
     arch, spec = dep.arch, dep.spec
-    if arch is None:
+    if arch is None or lengths_known(dep):
         return []
     estimate = memory_estimate(dep)
     budget = spec.hardware.memory_gb * GIB * spec.backend.kv_cache_memory_fraction
@@ -117,11 +124,21 @@ def memory_fits(dep: Deployment) -> list[Problem]:
                     "backend.tensor_parallel, or use a smaller precision")]
 
 
+def lengths_known(dep: Deployment) -> list[Problem]:
+    """Lengths left unset (model=auto) come from the checkpoint's positions; without the checkpoint they cannot."""
+    model = dep.spec.model
+    if (model.max_input_len is not None and model.max_output_len is not None) or dep.load_problems \
+            or dep.arch is None:  # architecture_known says what is missing
+        return []
+    return [Problem("model.max_input_len", "is not set and the checkpoint is not on this machine to size it from",
+                    "set model.max_input_len and model.max_output_len")]
+
+
 def sequence_fits_model(dep: Deployment) -> list[Problem]:
     arch, model = dep.arch, dep.spec.model
     if arch is None:
         return []
-    seq = model.max_input_len + model.max_output_len
+    seq = (model.max_input_len or 0) + (model.max_output_len or 0)
     if seq <= arch.max_position_embeddings:
         return []
     return [Problem("model.max_input_len", f"max_input_len + max_output_len = {seq} exceeds the model's "
@@ -140,7 +157,8 @@ def positive_sizes(dep: Deployment) -> list[Problem]:
         "model.max_output_len": spec.model.max_output_len,
         "smoke.max_tokens": spec.smoke.max_tokens,
     }
-    problems = [Problem(k, f"must be >= 1, got {v}", f"set {k}=1 or more") for k, v in checks.items() if v < 1]
+    problems = [Problem(k, f"must be >= 1, got {v}", f"set {k}=1 or more") for k, v in checks.items()
+                if v is not None and v < 1]  # None lengths come from the checkpoint (lengths_known)
     for key, value in (("backend.max_queue_delay_us", spec.backend.max_queue_delay_us),
                        ("server.log_verbose", spec.server.log_verbose)):
         if value < 0:
@@ -219,6 +237,7 @@ SPEC_RULES: tuple[Rule, ...] = (positive_sizes, ports_in_range, host_is_an_addre
 RULES: tuple[Rule, ...] = (
     checkpoint_available,
     architecture_known,
+    lengths_known,
     architecture_matches_checkpoint,
     precision_fits_hardware,
     parallelism_fits_gpus,
@@ -252,3 +271,43 @@ def checkpoint_readable(dep: Deployment, backend: str, readers: Mapping[str, Map
             if fmt in formats]
     return [Problem("model.checkpoint", f"backend={backend} cannot serve a {FORMAT_NAMES.get(fmt, fmt)} checkpoint",
                     f"use {' or '.join(able)}" if able else "convert it to a Hugging Face checkpoint first")]
+
+
+def settings_hold(dep: Deployment, settings: str) -> bool:
+    """Whether the spec has every ``key=value`` of ``settings`` (space-separated, e.g. ``backend.runtime=engine``;
+    empty: always), as the backends' facts spell the settings a case needs."""
+    for setting in settings.split():
+        key, _, expected = setting.partition("=")
+        value: Any = dep.spec
+        for part in key.split("."):
+            value = getattr(value, part, None)
+        if str(value.value if isinstance(value, Enum) else value) != expected:
+            return False
+    return True
+
+
+def architecture_loadable(dep: Deployment, backend: str, tables: Mapping[str, Mapping[str, str | None]]
+                          ) -> list[Problem]:
+    """The engine the chosen backend runs loads the checkpoint's architecture, as its table in
+    ``launcher/checkpoints/architectures.json`` says; else one line naming the backends whose engines do.
+
+    ``tables``: each backend's name -> its ``architecture_tables`` (the settings of a case -> the engine table that
+    case uses; None: the backend loads any architecture). Skipped with ``model.trust_remote_code``: the
+    checkpoint's own modeling code then defines the architecture.
+    """
+    from launcher.checkpoints import architectures
+
+    arch = dep.arch
+    if arch is None or dep.spec.model.trust_remote_code:
+        return []
+    engines = [engine for settings, engine in tables[backend].items() if settings_hold(dep, settings)]
+    if not engines or any(engine is None or arch.architecture in architectures.supported(engine)
+                          for engine in engines):
+        return []
+    able = [" ".join(filter(None, (f"backend={name}", settings))) for name, table in tables.items()
+            for settings, engine in table.items()
+            if engine is not None and arch.architecture in architectures.supported(engine)]
+    fix = f"use {' or '.join(able)}" if able else "no engine here loads it; pick a checkpoint of a supported family"
+    return [Problem("model.checkpoint", f"backend={backend} runs {architectures.describe(engines[0])}, which does "
+                    f"not load {arch.architecture}",
+                    f"{fix}; or, if the checkpoint ships its own modeling code, set model.trust_remote_code=true")]

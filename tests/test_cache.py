@@ -34,7 +34,7 @@ def test_second_export_is_a_hit(tmp_path: Path) -> None:
 
 
 def test_interrupted_export_leaves_no_entry(tmp_path: Path) -> None:
-    checkpoint = inspect(write_hf(tmp_path / "src"))
+    checkpoint = inspect(write_hf(tmp_path / "src", weights="bin"))  # pickled weights: exported tensor by tensor
     original = checkpoint.stream
     assert original is not None
 

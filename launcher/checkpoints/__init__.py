@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from launcher.checkpoints import hub
 from launcher.checkpoints.base import Checkpoint, TensorStream, reading
 from launcher.errors import user_error
 from launcher.spec import CheckpointFormat
 
-__all__ = ["Checkpoint", "TensorStream", "detect", "inspect", "resolve_checkpoint_path"]
+__all__ = ["Checkpoint", "TensorStream", "detect", "hub", "inspect", "resolve_checkpoint_path"]
 
 
 def resolve_checkpoint_path(checkpoint: str | None) -> str | None:

@@ -12,7 +12,7 @@ import struct
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,8 @@ SAFETENSORS_DTYPES = {  # torch dtype name -> safetensors header code
     "int8": "I8", "uint8": "U8", "int16": "I16", "int32": "I32", "int64": "I64", "bool": "BOOL",
     "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
 }
+SAFETENSORS_NAMES = {code: name for name, code in SAFETENSORS_DTYPES.items()}
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
 HF_QUANT_METHODS = {"fp8": "FP8", "awq": "W4A16_AWQ"}  # HF quantization_config.quant_method -> quant_algo
 
 
@@ -55,6 +57,8 @@ class Checkpoint:
     quantization: dict[str, Any] | None = None
     mapping: dict[str, int] | None = None  # qnemo: the TensorRT-LLM split it was saved with (tp/pp/world size)
     stream: Callable[[], TensorStream] | None = field(default=None, repr=False)
+    # HF safetensors: each file's checked header, so a converter can copy a tensor's bytes without reading it
+    safetensors: dict[Path, list[SafetensorsEntry]] | None = field(default=None, repr=False)
 
     @property
     def quant_algo(self) -> str | None:
@@ -159,8 +163,11 @@ class Fields:
             return default
         return value
 
-    def int(self, key: str, default: Any = _REQUIRED, *, minimum: int = 1) -> int:
+    def int(self, key: str, default: Any = _REQUIRED, *, minimum: int = 1) -> Any:
+        """An integer from ``minimum`` to MAX_SIZE (``default`` None: None when absent)."""
         value = self._get(key, default)
+        if value is None:
+            return None
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_SIZE:
@@ -187,6 +194,13 @@ class Fields:
             raise self.error(key, f"is {_value(value)}; expected true or false")
         return value
 
+    def strings(self, key: str) -> list[str] | None:
+        """A list of strings (at most MAX_SIZE of them), or None when absent."""
+        value = self._get(key, None)
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise self.error(key, f"is {_value(value)}; expected a list of strings")
+        return value
+
     def mapping(self, key: str) -> dict[str, Any] | None:
         """A nested mapping, or None when absent."""
         value = self._get(key, None)
@@ -200,11 +214,26 @@ class Fields:
 
 
 def check_arch(arch: ModelArch, where: str) -> ModelArch:
-    """Refuse head counts that no Llama-family model can have (one line naming the file)."""
+    """Refuse sizes no decoder can have: query heads that do not group over the KV heads, layer kinds for a
+    different number of layers (one line naming the file)."""
     if arch.num_attention_heads % arch.num_kv_heads:
         raise damaged(where, f"{arch.num_attention_heads} attention heads are not a multiple of "
                              f"{arch.num_kv_heads} key/value heads")
+    if arch.layer_types is not None and len(arch.layer_types) != arch.num_layers:
+        raise damaged(where, f"layer_types names {len(arch.layer_types)} layers; the model has {arch.num_layers}")
     return arch
+
+
+PACKED_VALUES = {"qweight": 8}  # GPTQ/AWQ pack eight 4-bit weights into each int32
+
+
+def count_parameters(tensors: Iterable[tuple[str, tuple[int, ...], str]]) -> int:
+    """Weights in ``(name, shape, safetensors dtype)`` entries, packed 4-bit ones unpacked."""
+    total = 0
+    for name, shape, dtype in tensors:
+        packed = PACKED_VALUES.get(name.rsplit(".", 1)[-1], 1) if dtype == "I32" else 1
+        total += math.prod(shape) * packed
+    return total
 
 
 def load_torch_file(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 from typing import IO, TYPE_CHECKING
 
 from launcher.checkpoints.base import DTYPE_BYTES, Fields, TensorStream, check_arch, damaged, reading, shown
+from launcher.checkpoints.families import EXPERT_LEAVES, EXPERTS, FAMILIES, ROUTER, Family
 from launcher.errors import user_error
 from launcher.spec import ModelArch
 
@@ -38,6 +39,8 @@ _IN_LAYER = {
     "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
     "mlp.linear_fc2.weight": "mlp.down_proj.weight",
 }
+_QK_NORMS = {"self_attention.q_layernorm.weight": "self_attn.q_norm.weight",
+             "self_attention.k_layernorm.weight": "self_attn.k_norm.weight"}
 _LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 _VOCAB_ROWS = ("model.embed_tokens.weight", "lm_head.weight")  # padded in Megatron; sliced back here
 
@@ -159,29 +162,59 @@ class _Unpickler(pickle.Unpickler):
 
 
 def split_qkv(weight: torch.Tensor, arch: ModelArch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Megatron's QKV, interleaved per query group ``[q.., k, v]`` x groups, into HF q, k, v."""
+    """Megatron's QKV (weight or bias), interleaved per query group ``[q.., k, v]`` x groups, into HF q, k, v."""
     groups, per_group, d = arch.num_kv_heads, arch.num_attention_heads // arch.num_kv_heads, arch.head_dim
-    w = weight.reshape(groups, per_group + 2, d, -1)
-    hidden = w.shape[-1]
-    return (w[:, :per_group].reshape(-1, hidden), w[:, per_group].reshape(-1, hidden),
-            w[:, per_group + 1].reshape(-1, hidden))
+    w = weight.reshape(groups, per_group + 2, d, *weight.shape[1:])
+    rest = weight.shape[1:]
+    return (w[:, :per_group].reshape(-1, *rest), w[:, per_group].reshape(-1, *rest),
+            w[:, per_group + 1].reshape(-1, *rest))
+
+
+# Megatron expert weights: stacked (``experts.experts.linear_fc1.weight`` [E, ...]), one module per expert
+# (SequentialMLP ``experts.local_experts.E.linear_fc1.weight``) or grouped GEMM (``experts.linear_fc1.weightE``)
+_EXPERTS = re.compile(r"mlp\.experts\.(?:experts\.(linear_fc[12])\.weight|local_experts\.(\d+)\.(linear_fc[12])\.weight"
+                      r"|(linear_fc[12])\.weight(\d+))")
+
+
+def _expert_tensors(fam: Family, prefix: str, fc: str, expert: int | None, tensor: torch.Tensor) -> TensorStream:
+    """HF expert weights of one Megatron expert tensor (``expert`` None: all experts stacked on dim 0)."""
+    gate, down, up = EXPERT_LEAVES[fam.moe or ""]
+    for e, weight in enumerate(tensor) if expert is None else ((expert, tensor),):
+        name = f"{prefix}{EXPERTS[fam.moe or '']}.{e}."
+        if fc == "linear_fc1":
+            first, second = weight.chunk(2, dim=0)
+            yield name + f"{gate}.weight", first
+            yield name + f"{up}.weight", second
+        else:
+            yield name + f"{down}.weight", weight
 
 
 def layer_to_hf(layer: int, name: str, tensor: torch.Tensor, arch: ModelArch) -> TensorStream:
-    """The HF tensors of one layer's Megatron tensor ``name`` (qkv and fc1 are split)."""
+    """The HF tensors of one layer's Megatron tensor ``name`` (qkv, fc1 and stacked experts are split)."""
+    fam = FAMILIES[arch.architecture]
     prefix = f"model.layers.{layer}."
-    if name == "self_attention.linear_qkv.weight":
+    if name in ("self_attention.linear_qkv.weight", "self_attention.linear_qkv.bias"):
+        leaf = name.rsplit(".", 1)[1]
         q, k, v = split_qkv(tensor, arch)
-        yield from ((prefix + f"self_attn.{x}_proj.weight", t) for x, t in zip("qkv", (q, k, v), strict=True))
-    elif name == "mlp.linear_fc1.weight":
+        yield from ((prefix + f"self_attn.{x}_proj.{leaf}", t) for x, t in zip("qkv", (q, k, v), strict=True))
+    elif name == "mlp.linear_fc1.weight" and fam.moe is None:
         gate, up = tensor.chunk(2, dim=0)
         yield prefix + "mlp.gate_proj.weight", gate
         yield prefix + "mlp.up_proj.weight", up
-    elif name in _IN_LAYER:
+    elif name == "mlp.router.weight" and fam.moe:
+        yield prefix + ROUTER[fam.moe], tensor
+    elif fam.moe and (match := _EXPERTS.fullmatch(name)):
+        stacked, local, grouped = match[1], match[3], match[4]
+        fc = stacked or local or grouped
+        expert = None if stacked else int(match[2] or match[5])
+        yield from _expert_tensors(fam, prefix, fc, expert, tensor)
+    elif name in _IN_LAYER and (fam.moe is None or name != "mlp.linear_fc2.weight"):
         yield prefix + _IN_LAYER[name], tensor
+    elif name in _QK_NORMS and fam.qk_norm:
+        yield prefix + _QK_NORMS[name], tensor
     else:
-        raise user_error("model.checkpoint", f"unexpected Megatron tensor 'decoder.layers.{layer}.{name}'",
-                         "only Llama-family (SwiGLU, RMSNorm, no bias) NeMo models are supported")
+        raise user_error("model.checkpoint", f"unexpected Megatron tensor 'decoder.layers.{layer}.{name}' for "
+                         f"{arch.architecture}", "the checkpoint's weights do not match its model config")
 
 
 def to_hf(name: str, tensor: torch.Tensor, arch: ModelArch) -> TensorStream:
@@ -194,8 +227,8 @@ def to_hf(name: str, tensor: torch.Tensor, arch: ModelArch) -> TensorStream:
         hf = _TOP_LEVEL[name]
         yield hf, tensor[: arch.vocab_size] if hf in _VOCAB_ROWS else tensor
     else:
-        raise user_error("model.checkpoint", f"unexpected Megatron tensor '{name}'",
-                         "only Llama-family (SwiGLU, RMSNorm, no bias) NeMo models are supported")
+        raise user_error("model.checkpoint", f"unexpected Megatron tensor '{name}' for {arch.architecture}",
+                         "the checkpoint's weights do not match its model config")
 
 
 def strip_prefix(name: str, prefixes: tuple[str, ...]) -> str:
@@ -341,9 +374,9 @@ def rope_scaling(config: Fields) -> dict | None:
     }
 
 
-def check_llama_family(where: str, *, normalization: str, position_embedding: str, swiglu: bool,
-                       bias: bool) -> None:
-    """Refuse Megatron models that are not SwiGLU + RMSNorm + RoPE without biases (one error naming the key)."""
+def check_decoder(where: str, *, normalization: str, position_embedding: str, swiglu: bool, bias: bool) -> None:
+    """Refuse Megatron models that are not SwiGLU + RMSNorm + RoPE decoders without linear biases (QKV biases are
+    the family's to allow): one error naming the key."""
     problems = {
         "normalization": normalization.lower() != "rmsnorm" and normalization,
         "position_embedding_type": position_embedding != "rope" and position_embedding,
@@ -352,18 +385,21 @@ def check_llama_family(where: str, *, normalization: str, position_embedding: st
     }
     for key, value in problems.items():
         if value:
-            raise user_error(f"{where}: {key}", f"'{shown(value)}' is not a Llama-family model",
-                             "only SwiGLU + RMSNorm + RoPE decoders without biases (Llama, Mistral) are supported")
+            raise user_error(f"{where}: {key}", f"'{shown(value)}' is not a decoder llm-launch converts",
+                             "it converts SwiGLU + RMSNorm + RoPE decoders (Llama, Mistral, Qwen2/3, Mixtral)")
 
 
-def model_arch(config: Fields, *, architecture: str, vocab_size: int, max_positions: int, dtype: str) -> ModelArch:
+def model_arch(config: Fields, *, architecture: str, vocab_size: int, max_positions: int, dtype: str,
+               parameters: int | None = None) -> ModelArch:
     """The architecture from the Megatron keys NeMo 1.0 and 2.0 configs share; callers give the rest."""
     heads, hidden = config.int("num_attention_heads"), config.int("hidden_size")
+    experts = config.int("num_moe_experts", 0, minimum=0)
+    ffn = config.int("ffn_hidden_size")
     return check_arch(ModelArch(
         architecture=architecture,
         num_layers=config.int("num_layers"),
         hidden_size=hidden,
-        intermediate_size=config.int("ffn_hidden_size"),
+        intermediate_size=ffn,
         num_attention_heads=heads,
         num_kv_heads=config.int("num_query_groups", heads),
         head_dim=config.int("kv_channels", max(hidden // heads, 1)),
@@ -374,4 +410,15 @@ def model_arch(config: Fields, *, architecture: str, vocab_size: int, max_positi
         tie_word_embeddings=config.bool("share_embeddings_and_output_weights", False),
         rope_scaling=rope_scaling(config),
         dtype=dtype,
+        parameters=parameters,
+        num_experts=experts,
+        experts_per_token=config.int("moe_router_topk", 2) if experts else 0,
+        expert_intermediate_size=config.int("moe_ffn_hidden_size", ffn) if experts else None,
     ), config.where)
+
+
+def count_parameters(metadata: Metadata) -> int | None:
+    """Weights in a torch_dist checkpoint, from its metadata alone (the embedding's padded rows included)."""
+    sizes = [meta.size for fqn, meta in metadata.state_dict_metadata.items()
+             if isinstance(meta, TensorStorageMetadata) and "_extra_state" not in fqn]
+    return sum(math.prod(size) for size in sizes) or None

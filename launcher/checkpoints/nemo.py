@@ -7,6 +7,7 @@ inspection and whose tensors are read one storage at a time straight from the ta
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from launcher.checkpoints import megatron
@@ -80,6 +81,13 @@ class _Weights:
     def _open_dist(self, name: str):
         return self.archive.open(f"{DIST_WEIGHTS}/{name}")
 
+    def parameters(self) -> int | None:
+        """Weights in the index (Megatron's padded embedding rows included)."""
+        if self.legacy:
+            return sum(t.numel() for k, t in self.index.items() if hasattr(t, "numel") and "_extra_state" not in
+                       str(k)) or None
+        return megatron.count_parameters(self.metadata)
+
     def vocab_rows(self) -> int | None:
         """Rows of the (padded) embedding, from the index alone."""
         if self.legacy:
@@ -110,7 +118,7 @@ def _vocab_size(tokenizer: Path | None, weights: _Weights, where: str) -> int:
 
 def arch_from_config(config: Fields, vocab_size: int) -> ModelArch:
     """The architecture of a flat NeMo 1.0 ``model_config.yaml``."""
-    megatron.check_llama_family(
+    megatron.check_decoder(
         config.where, normalization=config.str("normalization", ""),
         position_embedding=config.str("position_embedding_type", "learned_absolute"),
         swiglu=config.str("activation", "gelu") in ("swiglu", "fast-swiglu"), bias=config.bool("bias", True),
@@ -119,6 +127,10 @@ def arch_from_config(config: Fields, vocab_size: int) -> ModelArch:
         if config.int(key, 1) != 1:
             raise user_error(f"{config.where}: {key}", "sharded (TP/PP > 1) .nemo files are not supported yet",
                              "re-save the model with TP=PP=1")
+    if config.int("num_moe_experts", 0, minimum=0):  # NeMo 1.0 keeps the family in flags, not a model class
+        raise user_error(f"{config.where}: num_moe_experts", "NeMo 1.0 mixture-of-experts checkpoints cannot be "
+                         "converted by llm-launch", "import the model into NeMo 2.0 (its MixtralModel is read) or "
+                         "export it to HF with NeMo")
     return megatron.model_arch(
         config, architecture="LlamaForCausalLM", vocab_size=vocab_size,
         max_positions=config.int(config.key("max_position_embeddings", "encoder_seq_length"), 4096),
@@ -139,6 +151,7 @@ def read(path: Path) -> Checkpoint:
                          "TP/PP-sharded (mp_rank_*) .nemo files are not supported; re-save with TP=PP=1")
     tokenizer = _tokenizer(archive, config)
     weights = _Weights(archive)
-    arch = arch_from_config(config, _vocab_size(tokenizer, weights, str(path)))
+    arch = replace(arch_from_config(config, _vocab_size(tokenizer, weights, str(path))),
+                   parameters=weights.parameters())
     return Checkpoint(path=path, format="nemo", arch=arch, tokenizer=tokenizer,
                       stream=lambda: _tensors(weights, arch))

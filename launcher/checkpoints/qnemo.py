@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 from launcher.checkpoints.archive import Archive
@@ -18,11 +19,11 @@ from launcher.checkpoints.base import (
     SafetensorsEntry,
     TensorStream,
     check_arch,
+    count_parameters,
     read_safetensors,
     reading,
     safetensors_index,
 )
-from launcher.checkpoints.hf import check_architecture
 from launcher.errors import user_error
 from launcher.spec import ModelArch
 
@@ -44,12 +45,14 @@ def is_qnemo_dir(path: Path) -> bool:
 
 
 def arch_from_config(config: Fields) -> ModelArch:
-    """The architecture of a TensorRT-LLM ``config.json`` (singular ``architecture``)."""
-    architecture = check_architecture(config.str("architecture", "?"), f"{config.where}: architecture")
+    """The architecture of a TensorRT-LLM ``config.json`` (singular ``architecture``, any family the engine
+    runtime builds; a ``moe`` block for experts, as ModelOpt writes Mixtral)."""
     heads, hidden = config.int("num_attention_heads"), config.int("hidden_size")
     rotary_scaling = config.mapping("rotary_scaling")
+    moe = config.child("moe")
+    experts = moe.int("num_experts", 0, minimum=0)
     return check_arch(ModelArch(
-        architecture=architecture,
+        architecture=config.str("architecture"),
         num_layers=config.int("num_hidden_layers"),
         hidden_size=hidden,
         intermediate_size=config.int("intermediate_size", 4 * hidden),
@@ -63,6 +66,8 @@ def arch_from_config(config: Fields) -> ModelArch:
         tie_word_embeddings=config.bool(config.key("share_embedding_table", "tie_word_embeddings"), False),
         rope_scaling=rotary_scaling,
         dtype=config.str("dtype"),
+        num_experts=experts,
+        experts_per_token=moe.int("top_k", 0, minimum=0) if experts else 0,
     ), config.where)
 
 
@@ -101,13 +106,17 @@ def read(path: Path) -> Checkpoint:
     tokenizer_files = [n for n in _TOKENIZER_FILES if archive.has(n)]
     arch = arch_from_config(config)
     indexes = None if archive.compressed else _indexes(archive)  # gzip: no random access until export
+    mapping = _mapping(config)
+    if indexes and (mapping or {}).get("world_size", 1) == 1:  # split ranks repeat their replicated tensors
+        arch = replace(arch, parameters=count_parameters(
+            (e.name, e.shape, e.dtype) for entries in indexes.values() for e in entries) or None)
     return Checkpoint(
         path=path,
         format="qnemo",
         arch=arch,
         tokenizer=archive.local(*tokenizer_files) if tokenizer_files else None,
         quantization=config.mapping("quantization"),
-        mapping=_mapping(config),
+        mapping=mapping,
         stream=lambda: _tensors(archive, indexes if indexes is not None else _indexes(archive)),
     )
 

@@ -1,4 +1,4 @@
-"""Write a checkpoint as a Hugging Face Llama-family directory, streaming tensor by tensor."""
+"""Write a checkpoint as a Hugging Face directory: an HF one in another dtype, or a converted one of a family."""
 
 from __future__ import annotations
 
@@ -8,32 +8,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from launcher.checkpoints.base import Checkpoint, TensorStream
+from launcher.checkpoints.families import FAMILIES, hf_names
+from launcher.convert.copy import copy_files, copy_hf
+from launcher.convert.progress import Progress
 from launcher.convert.shards import DEFAULT_SHARD_BYTES, ShardWriter
+from launcher.convert.streams import ahead
 from launcher.errors import user_error
 from launcher.spec import ModelArch
 
 if TYPE_CHECKING:
     import torch
 
-LAYER_TENSORS = (
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
-)
 _BUFFERS = re.compile(r".*\.rotary_emb\.inv_freq$")  # saved by old transformers versions; not weights
-_MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral"}
-
-
-def hf_names(arch: ModelArch) -> list[str]:
-    """Every weight name an HF checkpoint of ``arch`` holds, in file order."""
-    names = ["model.embed_tokens.weight"]
-    for layer in range(arch.num_layers):
-        names += [f"model.layers.{layer}.{t}" for t in LAYER_TENSORS]
-    names.append("model.norm.weight")
-    if not arch.tie_word_embeddings:
-        names.append("lm_head.weight")
-    return names
 
 
 def resolve_dtype(dtype: str | torch.dtype, arch: ModelArch) -> torch.dtype:
@@ -51,33 +37,35 @@ def resolve_dtype(dtype: str | torch.dtype, arch: ModelArch) -> torch.dtype:
 
 
 def hf_tensors(checkpoint: Checkpoint, dtype: torch.dtype) -> TensorStream:
-    """The checkpoint's tensors under HF names, cast to ``dtype``, checked against the architecture.
-
-    The stream other writers (e.g. a TensorRT-LLM checkpoint writer) can consume as well.
-    """
+    """The tensors of a converted checkpoint (GGUF, NeMo) under the HF names of its family, cast to ``dtype``,
+    checked against the architecture: the stream the HF and TensorRT-LLM writers consume."""
     if checkpoint.format == "qnemo":
         raise user_error("model.checkpoint", "a .qnemo holds TensorRT-LLM weights, not Hugging Face ones",
                          "serve it with backend=trtllm backend.runtime=engine")
-    expected = set(hf_names(checkpoint.arch))
+    arch = checkpoint.arch
+    order = hf_names(arch)
+    expected = set(order)
     seen = set()
     for name, tensor in checkpoint.tensors():
-        if (name == "lm_head.weight" and checkpoint.arch.tie_word_embeddings) or _BUFFERS.match(name):
+        if (name == "lm_head.weight" and arch.tie_word_embeddings) or _BUFFERS.match(name):
             continue
         if name not in expected:
-            raise user_error(str(checkpoint.path), f"unexpected tensor '{name}' for {checkpoint.arch.architecture}",
-                             "only Llama-family weights without biases can be converted")
+            raise user_error(str(checkpoint.path), f"unexpected tensor '{name}' for {arch.architecture}",
+                             "the checkpoint's weights do not match its config; re-export it")
         seen.add(name)
-        yield name, tensor.to(dtype)
-    if missing := sorted(expected - seen, key=hf_names(checkpoint.arch).index):
+        yield name, tensor if tensor.dtype == dtype else tensor.to(dtype)
+    if missing := sorted(expected - seen, key=order.index):
         raise user_error(str(checkpoint.path), f"{len(missing)} tensors missing, e.g. '{missing[0]}'",
                          "the checkpoint is incomplete; re-export it")
 
 
 def hf_config(arch: ModelArch, dtype: torch.dtype, special_ids: dict[str, int | None]) -> dict[str, Any]:
-    """``config.json`` for ``arch`` stored in ``dtype``."""
+    """``config.json`` for ``arch`` (a family of ``FAMILIES``) stored in ``dtype``, in the keys of the family's
+    transformers config class."""
+    fam = FAMILIES[arch.architecture]
     config: dict[str, Any] = {
         "architectures": [arch.architecture],
-        "model_type": _MODEL_TYPES[arch.architecture],
+        "model_type": fam.model_type,
         "hidden_size": arch.hidden_size,
         "intermediate_size": arch.intermediate_size,
         "num_hidden_layers": arch.num_layers,
@@ -90,15 +78,27 @@ def hf_config(arch: ModelArch, dtype: torch.dtype, special_ids: dict[str, int | 
         "rope_theta": arch.rope_theta,
         "rope_scaling": arch.rope_scaling,
         "tie_word_embeddings": arch.tie_word_embeddings,
-        "hidden_act": "silu",
-        "attention_bias": False,
+        "hidden_act": fam.hidden_act,
+        "attention_bias": fam.qkv_bias,
         "mlp_bias": False,
+        "sliding_window": arch.sliding_window,
         "torch_dtype": str(dtype).removeprefix("torch."),
         **special_ids,
     }
-    if arch.architecture == "MistralForCausalLM":
-        config["sliding_window"] = None
-    return config
+    if fam.gemma:
+        config["hidden_activation"] = fam.hidden_act
+    if arch.layer_types is not None:
+        config["layer_types"] = arch.layer_types
+    if fam.model_type in ("qwen2", "qwen3", "qwen3_moe"):
+        config["use_sliding_window"] = arch.sliding_window is not None
+    if fam.moe == "mixtral":
+        config |= {"num_local_experts": arch.num_experts, "num_experts_per_tok": arch.experts_per_token,
+                   "intermediate_size": arch.expert_intermediate_size or arch.intermediate_size}
+    elif fam.moe == "qwen":
+        config |= {"num_experts": arch.num_experts, "num_experts_per_tok": arch.experts_per_token,
+                   "moe_intermediate_size": arch.expert_intermediate_size or arch.intermediate_size,
+                   "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": []}
+    return config | (arch.family_config or {})
 
 
 def _sentencepiece_tokenizer(model: Path):
@@ -141,16 +141,30 @@ def to_hf(checkpoint: Checkpoint, out_dir: Path, dtype: str | torch.dtype = "aut
           max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Path:
     """Write ``checkpoint`` as an HF directory that ``AutoModelForCausalLM.from_pretrained`` loads offline.
 
-    Tensors are read, cast and written one at a time, so peak memory is about the largest tensor.
+    An HF checkpoint of any architecture keeps its files and tensor names; only its floating weights change dtype
+    (safetensors: byte ranges copied or cast in chunks, ``launcher.convert.copy``). Another format is converted
+    through its family's HF names, one tensor at a time, the next read while this one is written.
     """
     torch_dtype = resolve_dtype(dtype, checkpoint.arch)
+    if checkpoint.format == "hf" and checkpoint.safetensors:
+        return copy_hf(checkpoint, out_dir, torch_dtype)
     out_dir.mkdir(parents=True, exist_ok=True)
-    special_ids = save_tokenizer(checkpoint.tokenizer, out_dir) if checkpoint.tokenizer else {}
-    with ShardWriter(out_dir, max_shard_bytes) as shards:
-        for name, tensor in hf_tensors(checkpoint, torch_dtype):
+    if checkpoint.format == "hf":  # pickled weights: no byte ranges to copy
+        copy_files(checkpoint.path, out_dir, str(torch_dtype).removeprefix("torch."))
+        tensors: TensorStream = ((name, t.to(torch_dtype) if t.is_floating_point() else t)
+                                 for name, t in checkpoint.tensors())
+        count = None
+    else:
+        special_ids = save_tokenizer(checkpoint.tokenizer, out_dir) if checkpoint.tokenizer else {}
+        config = hf_config(checkpoint.arch, torch_dtype, special_ids)
+        (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        generation = {key: value for key, value in special_ids.items() if value is not None}
+        (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        tensors, count = hf_tensors(checkpoint, torch_dtype), len(hf_names(checkpoint.arch))
+    total = (checkpoint.arch.parameters or 0) * torch_dtype.itemsize or None
+    with Progress(f"convert {checkpoint.path.name} ({checkpoint.format}) -> HF", total, count) as progress, \
+            ShardWriter(out_dir, max_shard_bytes) as shards:
+        for name, tensor in ahead(tensors):
             shards.add(name, tensor)
-    config = hf_config(checkpoint.arch, torch_dtype, special_ids)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    generation = {key: value for key, value in special_ids.items() if value is not None}
-    (out_dir / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+            progress.advance(tensor.numel() * tensor.element_size(), 1)
     return out_dir

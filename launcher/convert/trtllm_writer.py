@@ -1,10 +1,15 @@
-"""Write a TensorRT-LLM checkpoint (``config.json`` + ``rank{N}.safetensors``) for a Llama-family model.
+"""Write a TensorRT-LLM checkpoint (``config.json`` + ``rank{N}.safetensors``) of a family the engine runtime builds.
 
 Layout from shared/formats.md B: per rank ``r = pp_rank * tp + tp_rank`` one safetensors file holding
 that rank's slice of its pipeline stage's layers (local layer indices); ``attention.qkv`` is the plain
-concatenation of q, k and v slices (KV heads repeated when fewer than ``tp``); ``mlp.fc`` is HF
-``gate_proj`` (the activated branch) and ``mlp.gate`` is HF ``up_proj``; ``attention.dense`` and
-``mlp.proj`` split on dim 1; ``lm_head`` is zero-padded to a multiple of ``tp`` rows and split.
+concatenation of q, k and v slices (KV heads repeated when fewer than ``tp``), its bias likewise (Qwen2);
+``mlp.fc`` is HF ``gate_proj`` (the activated branch) and ``mlp.gate`` is HF ``up_proj``; ``attention.dense`` and
+``mlp.proj`` split on dim 1; ``lm_head`` is zero-padded to a multiple of ``tp`` rows and split. Family parts, as
+TensorRT-LLM's own converters write them (``models/qwen/convert.py``, ``models/gemma/convert.py``,
+``models/llama/convert.py``) and ModelOpt 0.37 wrote the Mixtral fixture: Qwen3's ``attention.q_layernorm`` /
+``k_layernorm``; Gemma's norms with the ``+1`` folded in (``pre_feedforward_layernorm``,
+``post_feedforward_layernorm`` beside ``post_layernorm``); Mixtral's ``mlp.router`` (float32), ``mlp.fc``
+``[experts, up + gate, hidden]`` (``cat(w3, w1)`` per expert) and ``mlp.proj`` ``[experts, hidden, ffn]``.
 
 Tensors stream in from any checkpoint reader (``Checkpoint.tensors()``, HF names) and go out as they
 arrive; only one layer's q/k/v wait for each other, so memory stays near one layer.
@@ -25,9 +30,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from launcher.checkpoints.base import Checkpoint, TensorStream
+from launcher.checkpoints.base import DTYPE_BYTES, Checkpoint, TensorStream
+from launcher.checkpoints.families import EXPERT_LEAVES, FAMILIES, ROUTER, Family
 from launcher.convert.hf_writer import hf_tensors, resolve_dtype
+from launcher.convert.progress import Progress
 from launcher.convert.shards import ShardWriter
+from launcher.convert.streams import ahead
 from launcher.errors import user_error
 from launcher.spec import ModelArch
 
@@ -40,13 +48,20 @@ _SCALES = {"weight_scale": "weights_scaling_factor", "input_scale": "activation_
 _MODULES = {
     "input_layernorm": ("input_layernorm", None),
     "post_attention_layernorm": ("post_layernorm", None),
+    "pre_feedforward_layernorm": ("pre_feedforward_layernorm", None),
+    "post_feedforward_layernorm": ("post_feedforward_layernorm", None),
+    "self_attn.q_norm": ("attention.q_layernorm", None),
+    "self_attn.k_norm": ("attention.k_layernorm", None),
     "self_attn.o_proj": ("attention.dense", 1),
     "mlp.gate_proj": ("mlp.fc", 0),
     "mlp.up_proj": ("mlp.gate", 0),
     "mlp.down_proj": ("mlp.proj", 1),
 }
 _QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+TRTLLM_FAMILIES = ", ".join(name for name, fam in FAMILIES.items() if fam.trtllm)
+_EXPERT = re.compile(r"(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(\w+)\.weight")
 FP8 = "float8_e4m3fn"
+MOE_RENORMALIZE = 1  # TensorRT-LLM MoeConfig.ExpertScaleNormalizationMode.RENORMALIZE (Mixtral's top-k softmax)
 
 
 def pad_vocab(vocab: int, tp: int) -> int:
@@ -61,8 +76,29 @@ def pipeline_stages(num_layers: int, pp: int) -> list[range]:
     return [range(starts[s], starts[s + 1]) for s in range(pp)]
 
 
+def family_config(arch: ModelArch, fam: Family) -> dict[str, Any]:
+    """The keys TensorRT-LLM's config class of the family adds (QWenConfig, GemmaConfig, LLaMAConfig's moe)."""
+    extra = dict(arch.family_config or {})
+    if fam.model_type.startswith("qwen"):
+        return {"qwen_type": fam.model_type, "attn_bias": fam.qkv_bias}
+    if fam.gemma:
+        config = {"query_pre_attn_scalar": extra.get("query_pre_attn_scalar", arch.head_dim),
+                  "final_logit_softcapping": extra.get("final_logit_softcapping"), "inter_layernorms": True}
+        if fam.model_type == "gemma2":
+            return config | {"attn_logit_softcapping": extra.get("attn_logit_softcapping")}
+        kinds = arch.layer_types or []
+        pattern = kinds.index("full_attention") + 1 if "full_attention" in kinds else len(kinds) + 1
+        return config | {"_sliding_window_pattern": pattern, "sliding_window": arch.sliding_window,
+                         "rope_local_base_freq": extra.get("rope_local_base_freq", 10000.0)}
+    if fam.moe:
+        return {"moe": {"num_experts": arch.num_experts, "top_k": arch.experts_per_token,
+                        "normalization_mode": MOE_RENORMALIZE}}
+    return {}
+
+
 def trtllm_config(arch: ModelArch, dtype: str, tp: int, pp: int, quantization: dict[str, Any]) -> dict[str, Any]:
-    """``config.json`` as ``LLaMAConfig.to_dict`` writes it (formats.md B.2)."""
+    """``config.json`` as the family's ``PretrainedConfig.to_dict`` writes it (formats.md B.2)."""
+    fam = FAMILIES[arch.architecture]
     return {
         "architecture": arch.architecture,
         "dtype": dtype,
@@ -73,9 +109,9 @@ def trtllm_config(arch: ModelArch, dtype: str, tp: int, pp: int, quantization: d
         "num_attention_heads": arch.num_attention_heads,
         "num_key_value_heads": arch.num_kv_heads,
         "head_size": arch.head_dim,
-        "intermediate_size": arch.intermediate_size,
+        "intermediate_size": arch.expert_intermediate_size or arch.intermediate_size,
         "max_position_embeddings": arch.max_position_embeddings,
-        "hidden_act": "silu",
+        "hidden_act": "swiglu" if fam.moe else fam.hidden_act,
         "norm_epsilon": arch.rms_norm_eps,
         "position_embedding_type": "rope_gpt_neox",
         "rotary_embedding_dim": arch.head_dim,
@@ -85,13 +121,14 @@ def trtllm_config(arch: ModelArch, dtype: str, tp: int, pp: int, quantization: d
         "embedding_sharding_dim": 0,
         "tie_word_embeddings": arch.tie_word_embeddings,
         "mlp_bias": False,
-        "attn_bias": False,
+        "attn_bias": fam.qkv_bias,
         "mapping": {"world_size": tp * pp, "tp_size": tp, "pp_size": pp, "cp_size": 1,
                     "moe_tp_size": tp, "moe_ep_size": 1, "moe_cluster_size": 1},
         "quantization": {"quant_algo": None, "kv_cache_quant_algo": None, "group_size": 128,
                          "smoothquant_val": 0.5, "clamp_val": None, "use_meta_recipe": False,
                          "has_zero_point": False, "pre_quant_scale": False, "exclude_modules": None,
                          **quantization},
+        **family_config(arch, fam),
     }
 
 
@@ -138,11 +175,17 @@ def _raw(tensor: torch.Tensor) -> torch.Tensor:
 class _Writer:
     def __init__(self, arch: ModelArch, ranks: _Ranks, kv_cache_fp8: bool) -> None:
         self.arch, self.ranks, self.tp, self.kv_cache_fp8 = arch, ranks, ranks.tp, kv_cache_fp8
+        self.fam = FAMILIES[arch.architecture]
         stages = pipeline_stages(arch.num_layers, ranks.pp)
         self.stage_of = {layer: (s, layer - stages[s].start) for s, layer_range in enumerate(stages)
                          for layer in layer_range}
         self.last = ranks.pp - 1
         self.pending: dict[int, dict[str, torch.Tensor]] = {}  # layer -> q/k/v (and their scales) so far
+        self.experts: dict[int, dict[tuple[int, str], torch.Tensor]] = {}  # layer -> (expert, leaf) -> weight
+
+    def _norm(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Gemma's RMSNorm scales by ``1 + w``; TensorRT-LLM's by its weight, so the 1 is folded in."""
+        return (tensor.float() + 1).to(tensor.dtype) if self.fam.gemma else tensor
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         if name == "model.embed_tokens.weight":
@@ -152,11 +195,12 @@ class _Writer:
         elif name == "lm_head.weight":
             self._lm_head(tensor)
         elif name == "model.norm.weight":
-            self.ranks.add(self.last, "transformer.ln_f.weight", tensor)
+            self.ranks.add(self.last, "transformer.ln_f.weight", self._norm(tensor))
         elif match := _LAYER.fullmatch(name):
             self._layer(int(match[1]), match[2], tensor)
         else:
-            raise user_error(name, "is not a Llama-family tensor", "only Llama-family weights can be converted")
+            raise user_error(name, f"is not a tensor of {self.arch.architecture}",
+                             "the checkpoint's weights do not match its config")
 
     def _lm_head(self, tensor: torch.Tensor) -> None:
         import torch
@@ -177,24 +221,57 @@ class _Writer:
             pending[rest] = tensor
             self._flush_attention(layer, stage, prefix)
             return
+        if self.fam.moe and (match := _EXPERT.fullmatch(rest)):
+            self.experts.setdefault(layer, {})[int(match[1]), match[2]] = tensor
+            self._flush_experts(layer, stage, prefix)
+            return
+        if self.fam.moe and rest == ROUTER[self.fam.moe]:
+            self.ranks.add(stage, prefix + "mlp.router.weight", tensor.float())  # the router stays float32
+            return
         if module not in _MODULES or leaf not in ("weight", *_SCALES):
-            raise user_error(f"model.layers.{layer}.{rest}", "is not a Llama-family tensor",
-                             "only Llama-family weights without biases can be converted")
+            raise user_error(f"model.layers.{layer}.{rest}", f"is not a tensor of {self.arch.architecture}",
+                             "the checkpoint's weights do not match its config")
         target, dim = _MODULES[module]
         if leaf == "weight":
+            if dim is None:
+                self.ranks.add(stage, prefix + f"{target}.weight", self._norm(tensor))
+                return
             shards = _split(_raw(tensor), dim, self.tp)
             shards = [s.view(tensor.dtype) for s in shards] if isinstance(shards, list) else tensor
             self.ranks.add(stage, prefix + f"{target}.weight", shards)
         else:
             self.ranks.add(stage, prefix + f"{target}.{_SCALES[leaf]}", tensor.float().reshape(1))
 
+    def _flush_experts(self, layer: int, stage: int, prefix: str) -> None:
+        """Once a layer's experts are all there: ``mlp.fc`` = per expert ``cat(up, gate)`` split along the FFN
+        width for each rank (TensorRT-LLM's MoE tensor parallelism), ``mlp.proj`` = down split likewise."""
+        import torch
+
+        found = self.experts[layer]
+        gate, down, up = EXPERT_LEAVES[self.fam.moe or ""]
+        if len(found) < 3 * self.arch.num_experts:
+            return
+        try:
+            stacked = {leaf: torch.stack([found[e, leaf] for e in range(self.arch.num_experts)])
+                       for leaf in (gate, down, up)}
+        except KeyError as missing:
+            raise user_error(f"model.layers.{layer}", f"expert weight {missing} is missing",
+                             "the checkpoint is incomplete; re-export it") from None
+        ups, gates = (_split(stacked[leaf], 1, self.tp) for leaf in (up, gate))
+        ups, gates = (x if isinstance(x, list) else [x] * self.tp for x in (ups, gates))
+        self.ranks.add(stage, prefix + "mlp.fc.weight", [torch.cat([u, g], dim=1) for u, g in zip(ups, gates,
+                                                                                                   strict=True)])
+        self.ranks.add(stage, prefix + "mlp.proj.weight", _split(stacked[down], 2, self.tp))
+        del self.experts[layer]
+
     def _flush_attention(self, layer: int, stage: int, prefix: str) -> None:
-        """Write the fused qkv once q, k and v (and, for FP8, their scales) are all there."""
+        """Write the fused qkv once q, k and v (their biases, and for FP8 their scales) are all there."""
         import torch
 
         pending = self.pending[layer]
         weights = [pending.get(f"{m}.weight") for m in _QKV]
-        if any(w is None for w in weights):
+        biases = [pending.get(f"{m}.bias") for m in _QKV] if self.fam.qkv_bias else []
+        if any(w is None for w in [*weights, *biases]):
             return
         fp8 = str(weights[0].dtype).endswith(FP8)
         scale_names = [f"{m}.{s}" for m in _QKV for s in _SCALES] if fp8 else []
@@ -214,33 +291,57 @@ class _Writer:
             self.ranks.add(stage, prefix + "attention.kv_cache_scaling_factor", kv_scale.reshape(1))
         elif self.kv_cache_fp8:  # no calibrated KV scales in the checkpoint: 1.0, as an uncalibrated export
             self.ranks.add(stage, prefix + "attention.kv_cache_scaling_factor", torch.ones(1))
-        q, k, v = (_raw(w) for w in weights)
-        kv_heads, head_dim = self.arch.num_kv_heads, self.arch.head_dim
-        if kv_heads < self.tp:  # each rank needs whole KV heads: repeat every head tp / kv_heads times
-            k, v = (t.reshape(kv_heads, head_dim, -1).repeat_interleave(self.tp // kv_heads, dim=0)
-                    .reshape(-1, t.shape[-1]) for t in (k, v))
-        shards = [torch.cat(parts) for parts in zip(*(_split(t, 0, self.tp) for t in (q, k, v)), strict=True)]
-        self.ranks.add(stage, prefix + "attention.qkv.weight", [s.view(weights[0].dtype) for s in shards])
+        self.ranks.add(stage, prefix + "attention.qkv.weight", [s.view(weights[0].dtype)
+                                                                for s in self._fused(weights)])
+        if biases:
+            self.ranks.add(stage, prefix + "attention.qkv.bias", self._fused(biases))
         del self.pending[layer]
 
+    def _fused(self, qkv: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each rank's ``cat(q, k, v)`` slices (weights or biases); KV heads repeated when fewer than ``tp``."""
+        import torch
+
+        q, k, v = (_raw(t) for t in qkv)
+        kv_heads, head_dim = self.arch.num_kv_heads, self.arch.head_dim
+        if kv_heads < self.tp:  # each rank needs whole KV heads: repeat every head tp / kv_heads times
+            k, v = (t.reshape(kv_heads, head_dim, *t.shape[1:]).repeat_interleave(self.tp // kv_heads, dim=0)
+                    .reshape(-1, *t.shape[1:]) for t in (k, v))
+        parts = [_split(t, 0, self.tp) for t in (q, k, v)]
+        parts = [p if isinstance(p, list) else [p] * self.tp for p in parts]
+        return [torch.cat(ranks) for ranks in zip(*parts, strict=True)]
+
     def finish(self) -> None:
-        if self.pending:
-            layer = min(self.pending)
-            raise user_error(f"model.layers.{layer}.self_attn", f"incomplete: only {sorted(self.pending[layer])}",
-                             "the checkpoint is missing attention weights or scales; re-export it")
+        pending = {**{layer: sorted(names) for layer, names in self.pending.items()},
+                   **{layer: ["experts"] for layer in self.experts}}
+        if pending:
+            layer = min(pending)
+            raise user_error(f"model.layers.{layer}.self_attn", f"incomplete: only {pending[layer]}",
+                             "the checkpoint is missing attention or expert weights; re-export it")
+
+
+def writable(arch: ModelArch) -> bool:
+    """Whether llm-launch writes a TensorRT-LLM checkpoint of ``arch``'s family."""
+    fam = FAMILIES.get(arch.architecture)
+    return fam is not None and fam.trtllm
 
 
 def write_trtllm(tensors: Iterable[tuple[str, torch.Tensor]], arch: ModelArch, out_dir: Path, *, dtype: str,
                  tp: int = 1, pp: int = 1, quantization: dict[str, Any] | None = None) -> Path:
     """Write HF-named ``tensors`` of ``arch`` as a TensorRT-LLM checkpoint split ``tp`` x ``pp`` ways."""
+    if not writable(arch):
+        raise user_error("backend.runtime", f"llm-launch cannot write a TensorRT-LLM checkpoint of "
+                         f"{arch.architecture}", f"use backend.runtime=llmapi (families it writes: {TRTLLM_FAMILIES})")
     if arch.num_kv_heads < tp and tp % arch.num_kv_heads:
         raise user_error("backend.tensor_parallel", f"{arch.num_kv_heads} KV heads cannot be repeated evenly "
                          f"over tensor_parallel={tp}", f"use a multiple of {arch.num_kv_heads}")
     out_dir.mkdir(parents=True, exist_ok=True)
     ranks = _Ranks(out_dir, tp, pp)
     writer = _Writer(arch, ranks, kv_cache_fp8=(quantization or {}).get("kv_cache_quant_algo") == "FP8")
-    for name, tensor in tensors:
-        writer.add(name, tensor)
+    total = (arch.parameters or 0) * DTYPE_BYTES.get(dtype, 2) or None
+    with Progress(f"write TensorRT-LLM checkpoint (tp={tp}, pp={pp})", total) as progress:
+        for name, tensor in ahead(tensors):
+            writer.add(name, tensor)
+            progress.advance(tensor.numel() * tensor.element_size(), 1)
     writer.finish()
     ranks.finish()
     config = trtllm_config(arch, dtype, tp, pp, quantization or {})

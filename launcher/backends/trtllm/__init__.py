@@ -69,6 +69,8 @@ class TrtllmBackend:
     container_suffix = "trtllm-python-py3"
     engine_packages = ("tensorrt_llm",)
     checkpoint_formats = MappingProxyType({**CONVERTIBLE, "qnemo": "backend.runtime=engine"})
+    architecture_tables = MappingProxyType({"backend.runtime=llmapi": "trtllm-llmapi",
+                                            "backend.runtime=engine": engine.ENGINE_TABLE})
     serving_modules = MappingProxyType({})  # runs in NVIDIA's TensorRT-LLM container, never on this machine
 
     def problems(self, dep: Deployment) -> list[Problem]:

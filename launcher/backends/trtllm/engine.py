@@ -21,10 +21,13 @@ from launcher.backends.trtllm.common import (
     quantization_problems,
 )
 from launcher.backends.trtllm.common import server_ranks as rank_commands
+from launcher.checkpoints import architectures
+from launcher.convert.trtllm_writer import TRTLLM_FAMILIES, writable
 from launcher.deployment import Deployment
 from launcher.errors import Problem
 from launcher.plan import Export, Plan, ServerCommand, Step, TritonModel
 
+ENGINE_TABLE = "trtllm-engine"  # architectures.json's list of what TensorRT engines build
 TRITON_DTYPES = {"float32": "TYPE_FP32", "bfloat16": "TYPE_BF16", "float16": "TYPE_FP16"}
 
 # Documented defaults of the inflight_batcher_llm placeholders that no spec key sets (tensorrtllm_backend
@@ -98,6 +101,11 @@ def problems(dep: Deployment) -> list[Problem]:
     problems = qnemo_problems(dep) if dep.checkpoint_format == "qnemo" else []
     problems += quantization_problems(dep)
     have = checkpoint_quant_algo(dep)
+    loads = dep.arch is not None and dep.arch.architecture in architectures.supported(ENGINE_TABLE)
+    if dep.checkpoint_format != "qnemo" and not needs_quantization(dep) and loads and not writable(dep.arch):
+        problems.append(Problem("backend.runtime", f"llm-launch cannot write a TensorRT-LLM checkpoint of "
+                                f"{dep.arch.architecture} for the engine runtime (it writes {TRTLLM_FAMILIES})",
+                                "use backend.runtime=llmapi, which serves the HF checkpoint itself"))
     if have not in (None, "FP8") and dep.checkpoint_format != "qnemo":
         problems.append(Problem("backend.runtime", f"the engine runtime converts 16-bit and FP8 checkpoints; "
                                 f"this one is quantized with {have}", "use backend.runtime=llmapi"))

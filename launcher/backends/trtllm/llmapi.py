@@ -111,6 +111,7 @@ def model_yaml(dep: Deployment, model_dir: str) -> dict[str, Any]:
         "kv_cache_config": kv_cache,
         "cuda_graph_config": {"max_batch_size": backend.max_batch_size} if backend.cuda_graphs else None,
         **({"speculative_config": speculative} if speculative else {}),
+        **({"trust_remote_code": True} if spec.model.trust_remote_code else {}),
         "triton_config": {"max_batch_size": 0, "decoupled": backend.streaming,
                           "cancellation_check_period_ms": CANCELLATION_CHECK_PERIOD_MS},
     }

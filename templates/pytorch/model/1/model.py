@@ -40,7 +40,7 @@ from dataclasses import dataclass, field  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from transformers.cache_utils import Cache, CacheLayerMixin, get_layer_types_and_kwargs  # noqa: E402
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
@@ -537,6 +537,24 @@ class Engine:
             pb_utils.Logger.log_info("[pytorch] Successfully cancelled the request")
             self.send(job, error_response("Request was cancelled", pb_utils.TritonError.CANCELLED), final=True)
 
+    def masks(self, mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor, rows: int) -> typing.Any:
+        """The attention mask(s) of one forward: ``mask`` (bool ``[rows, 1, queries, keys]``, None: causal over
+        ``query``/``key`` columns) as it is; for sliding-window layers also one that hides keys ``window`` columns
+        or more behind their query (one mask per layer type, as transformers takes them); additive for eager
+        attention."""
+        window, additive = self.owner.sliding_window, self.owner.additive_masks
+        if not window and not additive:
+            return mask
+        full = mask if mask is not None else (key <= query).expand(rows, 1, query.shape[2], key.shape[3])
+        kinds = {"full_attention": full.to(self.device)}
+        if window:
+            kinds["sliding_attention"] = (full & (query - key < window)).to(self.device)
+        if additive:
+            dtype = self.model.dtype
+            kinds = {kind: torch.zeros(m.shape, dtype=dtype, device=self.device).masked_fill(
+                ~m, torch.finfo(dtype).min) for kind, m in kinds.items()}
+        return kinds if window else kinds["full_attention"]
+
     def admit(self) -> None:
         """Prefill the waiting requests that fit (left-padded together) and add them to the batch."""
         free = self.max_rows - len(self.rows)
@@ -562,6 +580,8 @@ class Engine:
             # padding queries attend to themselves only, so no row is all masked (NaNs in padded rows)
             mask = (causal[None] & valid[:, None, :]) | torch.eye(width, dtype=torch.bool)[None]
             mask = mask[:, None].to(self.device)
+        columns_index = torch.arange(width)
+        mask = self.masks(mask, columns_index[None, None, :, None], columns_index[None, None, None, :], len(jobs))
         self.rows.extend(jobs)  # slots first.. (a failing prefill answers them with the batch's error)
         cache = self.cache
         cache.prefill_slots = torch.arange(first, first + len(jobs), device=self.device)
@@ -597,6 +617,7 @@ class Engine:
         if self.compiled or len(rows) > 1:
             mask = ((column_index[None] >= start[:, None]) & (column_index[None] <= column[:, None]))[:, None, None]
             mask = mask.to(self.device)
+        mask = self.masks(mask, column[:, None, None, None], column_index[None, None, None, :], count)
         cache = self.cache
         cache.write_columns = column.to(self.device)
         cache.low, cache.high, cache.past = low, high, high - low - 1
@@ -607,7 +628,7 @@ class Engine:
             job.column += 1
         self.advance(list(rows), logits)
 
-    def forward_step(self, token: torch.Tensor, mask: torch.Tensor | None, position: torch.Tensor) -> torch.Tensor:
+    def forward_step(self, token: torch.Tensor, mask: typing.Any, position: torch.Tensor) -> torch.Tensor:
         """The model over one token per row (compiled with CUDA graphs on GPUs in compile mode)."""
         return self.model(input_ids=token, attention_mask=mask, position_ids=position, past_key_values=self.cache,
                           use_cache=True).logits[:, -1]
@@ -802,16 +823,24 @@ class TritonPythonModel:
             instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // instances))
         # Two tokenizers: execute() encodes on the stub's thread while the generation thread decodes.
-        self.encoder = AutoTokenizer.from_pretrained(params["model_dir"])
-        self.decoder = AutoTokenizer.from_pretrained(params["model_dir"])
+        trust = params.get("trust_remote_code") == "true"  # only when the spec sets model.trust_remote_code
+        self.encoder = AutoTokenizer.from_pretrained(params["model_dir"], trust_remote_code=trust)
+        self.decoder = AutoTokenizer.from_pretrained(params["model_dir"], trust_remote_code=trust)
+        config = AutoConfig.from_pretrained(params["model_dir"], trust_remote_code=trust)
+        text_config = config.get_text_config(decoder=True)
+        # SDPA cannot soft-cap attention logits (Gemma 2): those models run transformers' eager attention
+        eager = getattr(text_config, "attn_logit_softcapping", None) is not None
         self.model = AutoModelForCausalLM.from_pretrained(
-            params["model_dir"], dtype=getattr(torch, params["dtype"]), attn_implementation="sdpa",
+            params["model_dir"], dtype=getattr(torch, params["dtype"]), trust_remote_code=trust,
+            attn_implementation="eager" if eager else "sdpa",
         ).to(self.device).eval()
-        text_config = self.model.config.get_text_config(decoder=True)
         layer_types, _ = get_layer_types_and_kwargs(text_config)
-        if any(kind != "full_attention" for kind in layer_types):
+        if set(layer_types) - {"full_attention", "sliding_attention"}:
             raise pb_utils.TritonModelException(f"{params['model_dir']}: layer types {sorted(set(layer_types))}; "
-                                                "the pytorch backend's batching serves full-attention models only")
+                                                "the pytorch backend's batching serves full and sliding-window "
+                                                "attention only")
+        self.sliding_window = text_config.sliding_window if "sliding_attention" in layer_types else None
+        self.additive_masks = eager  # eager attention adds its mask to the scores
         eos = self.model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_ids = frozenset(i for i in [*eos, self.encoder.eos_token_id] if i is not None)
