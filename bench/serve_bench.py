@@ -122,7 +122,7 @@ def main(rounds: int = 2, *overrides: str) -> None:
           f"torch threads {torch.get_num_threads()}, {rounds} rounds, best counts", flush=True)
     direct = Direct(str(outcome.export_dir), dtype)
     with TritonProcess(server_command(dep, backend), triton.environment(), dep.paths.server_log) as process:
-        ready = process.wait_ready(http, spec.server.start_timeout_s)
+        ready = process.wait_ready(grpc, spec.server.start_timeout_s)
         print(f"start-to-ready: {ready:.1f} s", flush=True)
         cases = {
             "1 request": (lambda: served(grpc, PROMPTS[:1]), lambda: direct.generate(PROMPTS[:1])),

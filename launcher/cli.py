@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from typing import Any
 
@@ -33,6 +34,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         with sigterm_as_interrupt():
             outcome = deploy(cfg, tuple(hydra_cfg.overrides.task))
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the server stopped, caches and renders cleaned up
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # cleaned up already: a second Ctrl-C must not end in -2
         stopped = err if isinstance(err, Interrupted) else Interrupted("SIGINT")
         print(f"stopped by {stopped.signal_name} during action={cfg.action.value}"
               + (f" (while {stopped.stage})" if stopped.stage else "") + "; nothing was left half-written",

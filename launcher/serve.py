@@ -36,7 +36,7 @@ def serve(dep: Deployment, process: TritonProcess, prompt: str) -> None:
     try:
         with sigterm_as_interrupt(), process:
             report.print_starting(process.pid, server, dep.paths.server_log)
-            ready_s = process.wait_ready(f"{server.host}:{server.http_port}", server.start_timeout_s)
+            ready_s = process.wait_ready(f"{server.host}:{server.grpc_port}", server.start_timeout_s)
             report.print_ready(ready_s)
             stage = "smoke query"
             report.print_smoke(spec.smoke.prompt, smoke(dep, prompt))

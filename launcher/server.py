@@ -107,12 +107,16 @@ class TritonProcess:
         tail = log_tail(self.log)
         return user_error(key, f"{message}; last lines of {self.log}:\n{tail}" if tail else message, fix)
 
-    def wait_ready(self, http_url: str, timeout_s: float) -> float:
-        """Poll ``/v2/health/ready`` until it answers; seconds since start. Stops the server on failure."""
-        import tritonclient.http as httpclient
+    def wait_ready(self, grpc_url: str, timeout_s: float) -> float:
+        """Poll gRPC ``ServerReady`` until it answers; seconds since start. Stops the server on failure.
+
+        gRPC, not HTTP: tritonclient's HTTP client runs on gevent, whose hub re-throws a Ctrl-C that lands
+        inside it into the main greenlet a second time, so the launcher would die of SIGINT after cleaning up.
+        """
+        import tritonclient.grpc as grpcclient
 
         assert self.process is not None
-        client = httpclient.InferenceServerClient(http_url, connection_timeout=2.0, network_timeout=2.0)
+        client = grpcclient.InferenceServerClient(grpc_url)
         try:
             deadline = self.started_at + timeout_s
             while time.monotonic() < deadline:
@@ -121,7 +125,7 @@ class TritonProcess:
                     raise self.failure("tritonserver", f"exited with status {code} while starting",
                                        f"fix what {self.log} reports")
                 with contextlib.suppress(Exception):  # not listening yet
-                    if client.is_server_ready():
+                    if client.is_server_ready(client_timeout=2.0):
                         return time.monotonic() - self.started_at
                 time.sleep(POLL_S)
         finally:

@@ -51,7 +51,7 @@ def triton(root: Path, deployments: list[Deployment], env: dict[str, str]) -> It
                "--pinned-memory-pool-byte-size=0", "--exit-timeout-secs=10"]
     with TritonProcess(command, {**find_triton().environment(), "HF_HUB_OFFLINE": "1", **env},
                        root / "server.log") as process:
-        process.wait_ready(f"127.0.0.1:{http}", READY_TIMEOUT_S)
+        process.wait_ready(f"127.0.0.1:{grpc}", READY_TIMEOUT_S)
         yield f"127.0.0.1:{http}"
 
 

@@ -60,7 +60,7 @@ def triton(root: Path, deployments: list[Deployment], *, ready: bool = True) -> 
                "--metrics-address=127.0.0.1", f"--metrics-port={metrics}", "--allow-gpu-metrics=false",
                "--pinned-memory-pool-byte-size=0", "--exit-timeout-secs=10"]
     with TritonProcess(command, server_env(root), root / "server.log") as process:
-        ready_s = process.wait_ready(f"127.0.0.1:{http}", READY_TIMEOUT_S) if ready else 0.0
+        ready_s = process.wait_ready(f"127.0.0.1:{grpc}", READY_TIMEOUT_S) if ready else 0.0
         yield Served(process, f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", ready_s)
 
 

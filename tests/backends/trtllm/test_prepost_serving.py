@@ -45,7 +45,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
                "--metrics-address=127.0.0.1", f"--metrics-port={metrics}", "--allow-gpu-metrics=false",
                "--pinned-memory-pool-byte-size=0", "--exit-timeout-secs=5"]
     with TritonProcess(command, {**triton.environment(), "HF_HUB_OFFLINE": "1"}, root / "server.log") as server:
-        server.wait_ready(f"127.0.0.1:{http}", timeout_s=120)
+        server.wait_ready(f"127.0.0.1:{grpc}", timeout_s=120)
         yield f"127.0.0.1:{http}", Path(exported.export_dir) / "checkpoint"
 
 
