@@ -25,6 +25,12 @@ class Container:
     runtimes: tuple[str, ...]  # TensorRT-LLM runtimes the trtllm container ships: engine, llmapi
     source: str
 
+    @property
+    def bounds_http_input(self) -> bool:
+        """Whether its ``tritonserver`` takes ``--http-max-input-size`` (Triton 2.58, container 25.05, on:
+        server PR #8174). Older servers read any body, and 2.51 crashes on an 8 MB form-encoded POST."""
+        return self.triton is not None and tuple(int(part) for part in self.triton.split(".")[:2]) >= (2, 58)
+
     def lock(self) -> dict[str, object]:
         """What ``lock.json`` records of the row used."""
         return {"tag": self.tag, "triton": self.triton, "trtllm": self.trtllm, "vllm": self.vllm,

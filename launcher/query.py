@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.client
 import json
 import queue
 import sys
@@ -82,6 +83,11 @@ def connect(url: str, protocol: str, model: str, timeout_s: float) -> tuple[Any,
         raise
 
 
+def went_away(url: str) -> LauncherError:
+    return user_error("--url", f"the server at {url} went away during the request",
+                      "it stopped or crashed: read its log (llm-launch's <output_dir>/server.log), then restart it")
+
+
 def timed_out(model: str, timeout_s: float) -> LauncherError:
     return user_error("--timeout", f"no answer from '{model}' within {timeout_s:g} s", "raise --timeout")
 
@@ -143,6 +149,8 @@ def generate_http(url: str, model: ServedModel, values: dict[str, Any], on_piece
                          "check the prompt and sampling options, and the server's log") from err
     except TimeoutError:
         raise timed_out(model.name, timeout_s) from None
+    except (OSError, http.client.HTTPException) as err:  # reset, refused, closed mid-answer
+        raise went_away(url) from err
     return completion
 
 
@@ -167,6 +175,8 @@ def ask(url: str, protocol: str, model: str, prompt: str, options: Options,
         return Answer(completion.text, time.perf_counter() - start, completion.output_tokens,
                       completion.input_tokens, completion.finish_reason)
     except InferenceServerException as err:
+        if str(err.status()) == "StatusCode.UNAVAILABLE":
+            raise went_away(url) from err
         raise user_error("--model", f"'{model}' at {url} failed the request: {err.message()}",
                          "check the prompt and sampling options, and the server's log") from err
     finally:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from launcher import report
 from launcher.deployment import Deployment
-from launcher.errors import Interrupted
+from launcher.errors import Interrupted, user_error
 from launcher.interfaces import chat_prompt
 from launcher.plan import Plan
 from launcher.query import Answer, Options, ask
-from launcher.server import Stop, TritonProcess, sigterm_as_interrupt
+from launcher.server import Stop, TritonProcess, exit_description, sigterm_as_interrupt
 from launcher.spec import Action
 
 
@@ -45,8 +45,8 @@ def serve(dep: Deployment, process: TritonProcess, prompt: str) -> None:
             stage = "serving"
             report.print_serving(spec.model.served_name, server)
             code = process.wait()
-            raise process.failure("tritonserver", f"exited by itself with status {code}",
-                                  f"read {dep.paths.server_log}")
+            raise user_error("tritonserver", f"{exit_description(code)} while serving",
+                             f"read {dep.paths.server_log}; restart with the same command")
     except KeyboardInterrupt as err:
         signal_name = "SIGTERM" if isinstance(err, Stop) else "SIGINT"
         report.print_stopped(signal_name)

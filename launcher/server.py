@@ -71,6 +71,15 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def exit_description(code: int) -> str:
+    """``exited with status 3``, or ``crashed (SIGSEGV)`` for a process a signal ended."""
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"crashed ({signal.Signals(-code).name})"
+        return f"ended by signal {-code}"
+    return f"exited with status {code}"
+
+
 def log_tail(path: Path) -> str:
     """The server log's error lines (first line of each message) and its last lines, indented."""
     try:
@@ -122,7 +131,7 @@ class TritonProcess:
             while time.monotonic() < deadline:
                 code = self.process.poll()
                 if code is not None:
-                    raise self.failure("tritonserver", f"exited with status {code} while starting",
+                    raise self.failure("tritonserver", f"{exit_description(code)} while starting",
                                        f"fix what {self.log} reports")
                 with contextlib.suppress(Exception):  # not listening yet
                     if client.is_server_ready(client_timeout=2.0):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from launcher import containers
 from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import Problem
@@ -12,6 +13,7 @@ from launcher.plan import LaunchFile, ServerCommand
 from launcher.spec import PORT_KEYS, Action, ContainerTargetSpec, HostTritonSpec
 
 ALL_INTERFACES = "0.0.0.0"  # inside a container or on a cluster node the server listens on every interface
+HTTP_MAX_INPUT_BYTES = 16 << 20  # 16 MiB: a prompt of a million tokens is ~4 MB of text (Triton's default: 64 MiB)
 
 
 def mpirun(ranks: list[list[str]]) -> list[str]:
@@ -46,11 +48,18 @@ def container_image(dep: Deployment, backend: Backend) -> str:
     return f"{target.registry}:{container_tag(dep, backend)}-{target.suffix or backend.container_suffix}"
 
 
-def container_command(dep: Deployment, repository: str) -> ServerCommand:
-    """A server inside a container or on a cluster node: the image's ``tritonserver``, every interface."""
+def request_limit_flags(tag: str | None) -> tuple[str, ...]:
+    """The HTTP body limit for the container release ``tag``, where its server has the flag."""
+    row = containers.find(tag) if tag else None
+    return (f"--http-max-input-size={HTTP_MAX_INPUT_BYTES}",) if row is not None and row.bounds_http_input else ()
+
+
+def container_command(dep: Deployment, repository: str, tag: str | None) -> ServerCommand:
+    """A server inside a container (release ``tag``) or on a cluster node: the image's ``tritonserver``,
+    every interface, request bodies bounded where the server can."""
     server = dep.spec.server
     return ServerCommand("tritonserver", repository, ALL_INTERFACES, str(server.http_port), str(server.grpc_port),
-                         str(server.metrics_port))
+                         str(server.metrics_port), request_limit_flags(tag))
 
 
 # ------------------------------------------------------------------------ this machine's tritonserver

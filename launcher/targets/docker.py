@@ -9,7 +9,7 @@ from launcher.deployment import Deployment
 from launcher.errors import Problem, user_error
 from launcher.plan import Launch, LaunchFile, Plan, Step
 from launcher.spec import PORT_KEYS, ContainerTargetSpec
-from launcher.targets.common import container_command, container_image, fixed_ports, mpirun
+from launcher.targets.common import container_command, container_image, container_tag, fixed_ports, mpirun
 
 REPOSITORY_MOUNT = "/triton/model_repository"
 LAUNCH_FILE = "launch.sh"
@@ -53,7 +53,7 @@ class DockerTarget:
 
     def launch(self, dep: Deployment, plan: Plan, backend: Backend) -> Launch:
         image = container_image(dep, backend)
-        ranks = backend.server_ranks(dep, plan, container_command(dep, REPOSITORY_MOUNT))
+        ranks = backend.server_ranks(dep, plan, container_command(dep, REPOSITORY_MOUNT, container_tag(dep, backend)))
         command = docker_command(dep, plan, image, ranks)
         script = LaunchFile(LAUNCH_FILE, "targets/docker/launch.sh.j2",
                             {"spec": dep.spec, "image": image, "command": command}, executable=True)

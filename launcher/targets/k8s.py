@@ -20,7 +20,7 @@ from launcher.errors import Problem, user_error
 from launcher.plan import Launch, LaunchFile, Plan, Step
 from launcher.sizing import GIB, memory_estimate
 from launcher.spec import ContainerTargetSpec
-from launcher.targets.common import container_command, container_image, fixed_ports, mpirun
+from launcher.targets.common import container_command, container_image, container_tag, fixed_ports, mpirun
 
 MANIFESTS = "k8s.yaml"
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -180,7 +180,8 @@ class K8sTarget:
 
     def launch(self, dep: Deployment, plan: Plan, backend: Backend) -> Launch:
         image = container_image(dep, backend)
-        ranks = backend.server_ranks(dep, plan, container_command(dep, str(dep.paths.repository.resolve())))
+        repository = str(dep.paths.repository.resolve())
+        ranks = backend.server_ranks(dep, plan, container_command(dep, repository, container_tag(dep, backend)))
         command = mpirun(ranks)
         manifest = LaunchFile(MANIFESTS, text=manifests_yaml(dep, plan, image, command))
         step = Step("launch", f"copy the repository and the export onto PVC {dep.spec.target.repository_pvc} "

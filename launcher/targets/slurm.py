@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from launcher.backends.base import Backend
+from launcher.containers import image_tag
 from launcher.deployment import Deployment
 from launcher.errors import LauncherError, Problem, user_error
 from launcher.plan import Launch, LaunchFile, Plan, ServerCommand, Step
@@ -29,6 +30,7 @@ from launcher.targets.common import (
     host_backend_files,
     host_command,
     host_serving_problems,
+    request_limit_flags,
     serving_environment,
 )
 
@@ -106,7 +108,8 @@ def server_command(dep: Deployment) -> ServerCommand:
     """Where each rank's server listens: every interface of its node, on the ports the job picked."""
     ports = tuple(f"${{{key}}}" for key in PORT_VARIABLES)
     if dep.spec.target.container_image:
-        return ServerCommand("tritonserver", str(dep.paths.repository.resolve()), ALL_INTERFACES, *ports)
+        return ServerCommand("tritonserver", str(dep.paths.repository.resolve()), ALL_INTERFACES, *ports,
+                             request_limit_flags(image_tag(dep.spec.target.container_image)))
     return host_command(dep, ALL_INTERFACES, ports)
 
 

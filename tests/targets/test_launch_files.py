@@ -170,3 +170,20 @@ def test_every_rendered_script_passes_shellcheck(run_deploy, tmp_path: Path, ove
                        ["job.sbatch"] if "target=slurm" in overrides else ["launch.sh"])
     for script in scripts:
         shellcheck(out / script)
+
+
+@pytest.mark.parametrize(("overrides", "bounded"), [
+    (("target=docker",), True),  # vllm's default container, 26.08: Triton 2.72
+    (("target=docker", "target.tag=24.10"), False),  # Triton 2.51 has no limit (README, security)
+    (("target=docker", "target.tag=25.05"), True),  # the first release with the flag: Triton 2.58
+    (("target=k8s",), True),
+    (("target=slurm", f"target.container_image={quoted(IMAGE)}"), True),
+    (("target=slurm", f"target.container_image={quoted(IMAGE.replace('26.07-trtllm', '25.04-vllm'))}"), False),
+])
+def test_container_servers_bound_http_bodies_where_triton_can(run_deploy, overrides: tuple[str, ...],
+                                                              bounded: bool) -> None:
+    out = Path(run_deploy("model=llama3-8b", "backend=vllm", "hardware=h100x1", "precision=bf16", *overrides,
+                          "action=render").output_dir)
+    [launch_file] = [p for p in out.iterdir() if p.name in ("launch.sh", "job.sbatch", "k8s.yaml")]
+    flag = "--http-max-input-size=16777216"
+    assert (flag in launch_file.read_text()) is bounded
