@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import re
 import signal
 import statistics
@@ -105,20 +106,38 @@ def direct(compile_: bool) -> dict:
 
 
 def request(client, prompt: str, max_tokens: int) -> float:
+    """One request in the vLLM-backend layout (shape-[1] tensors, ``sampling_parameters`` JSON) over the
+    decoupled model's gRPC stream; seconds until its final response."""
     import tritonclient.grpc as grpcclient
 
     def tensor(name: str, value, dtype: str):
-        item = grpcclient.InferInput(name, [1, 1], dtype)
-        item.set_data_from_numpy(np.array([[value]], dtype=np.object_ if dtype == "BYTES" else dtype.lower()))
+        item = grpcclient.InferInput(name, [1], dtype)
+        item.set_data_from_numpy(np.array([value], dtype=np.object_ if dtype == "BYTES" else dtype.lower()))
         return item
 
-    inputs = [tensor("text_input", prompt.encode(), "BYTES"), tensor("max_tokens", max_tokens, "INT32"),
-              tensor("sampling_parameters", json.dumps({"temperature": 0, "ignore_eos": True}).encode(), "BYTES"),
+    sampling = {"max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    inputs = [tensor("text_input", prompt.encode(), "BYTES"),
+              tensor("sampling_parameters", json.dumps(sampling).encode(), "BYTES"),
               tensor("exclude_input_in_output", True, "BOOL"), tensor("return_num_output_tokens", True, "BOOL")]
-    start = time.perf_counter()
-    result = client.infer("llm", inputs)
-    elapsed = time.perf_counter() - start
-    assert int(result.as_numpy("num_output_tokens").reshape(-1)[0]) == max_tokens
+    responses: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: responses.put((result, error)))
+    try:
+        start = time.perf_counter()
+        client.async_stream_infer("llm", inputs, enable_empty_final_response=True)
+        tokens = 0
+        while True:
+            result, error = responses.get(timeout=600)
+            if error is not None:
+                raise error
+            response = result.get_response()
+            if response.outputs:
+                tokens += int(result.as_numpy("num_output_tokens").reshape(-1)[0])
+            if response.parameters["triton_final_response"].bool_param:
+                break
+        elapsed = time.perf_counter() - start
+    finally:
+        client.stop_stream()
+    assert tokens == max_tokens, tokens
     return elapsed
 
 
