@@ -106,11 +106,15 @@ class Completion:
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    logprobs: list[dict[str, dict[str, Any]]] | None = None
 
     def add(self, piece: Piece) -> None:
         self.text += piece.text
         if piece.final_reason is not None:
             self.finish_reason = piece.final_reason
+        if piece.logprobs is not None:
+            self.logprobs = self.logprobs or []
+            self.logprobs.extend(piece.logprobs)
         if piece.input_tokens is not None:
             self.input_tokens = piece.input_tokens
         if piece.output_tokens is not None:
@@ -161,12 +165,13 @@ class ServedModel:
         return self.kind == LLMAPI
 
     def refused(self, options: Options) -> list[str]:
-        """The options set in ``options`` that this model's interface has no way to carry."""
+        """The options set in ``options`` that this model's interface has no way to carry (``sampling``'s
+        vLLM fields on the other interfaces among them)."""
         fields = options.fields()
         if self.kind == VLLM:
             return ["logprobs"] if "logprobs" in fields and "logprobs" not in self.outputs else []
         carried = FIELD_INPUTS[self.kind]
-        return [name for name in fields if carried.get(name) not in self.inputs]
+        return [name for name in fields if carried.get(name) not in self.inputs] + sorted(options.sampling)
 
     def wanted(self, options: Options) -> tuple[str, ...]:
         """The outputs to ask for: those read back, logprobs only when asked for."""
