@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import importlib
 import json
 import logging
 import time
@@ -224,6 +225,8 @@ class FrontEnd:
     async def load(self) -> None:
         """Wait for Triton and the model, then read the model's config and load its tokenizer."""
         assert self.upstream is not None
+        # transformers takes seconds to import: while Triton loads the model, not after
+        warming = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "transformers"))
         waiting = False
         while True:
             try:
@@ -243,6 +246,7 @@ class FrontEnd:
         directory = self.settings.tokenizer or served.tokenizer_dir
         if directory and Path(directory).is_dir():
             try:
+                await warming
                 await asyncio.to_thread(load_tokenizer, directory)
                 self.tokenizer = directory
             except Exception as err:  # a broken tokenizer directory: completions still work
