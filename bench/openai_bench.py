@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -32,31 +33,46 @@ QUESTION = "Write a long story about a dragon who lives in Paris."
 Stream = Callable[[], Awaitable[tuple[float, int]]]  # one request: (TTFT s, generated tokens)
 
 
-async def batch(one: Stream, streams: int) -> tuple[float, float]:
-    """``streams`` requests at once: generated tokens/s over the wall time, mean TTFT."""
+class Row(NamedTuple):
+    grpc_rate: float  # tokens/s
+    grpc_ttft: float  # s
+    api_rate: float
+    api_ttft: float
+    cpu_per_token: float  # the front end's CPU seconds per token it streamed
+
+
+async def batch(one: Stream, streams: int) -> tuple[float, float, int]:
+    """``streams`` requests at once: generated tokens/s over the wall time, mean TTFT, tokens."""
     start = time.perf_counter()
     results = await asyncio.gather(*(one() for _ in range(streams)))
     wall = time.perf_counter() - start
-    return sum(tokens for _, tokens in results) / wall, statistics.mean(ttft for ttft, _ in results)
+    tokens = sum(count for _, count in results)
+    return tokens / wall, statistics.mean(ttft for ttft, _ in results), tokens
 
 
-async def compare(direct: Stream, openai: Stream, rounds: int) -> dict[int, dict[str, tuple[float, float]]]:
-    """Median tokens/s and TTFT per concurrency, the two paths alternating round by round."""
-    found: dict[int, dict[str, tuple[float, float]]] = {}
+async def compare(direct: Stream, openai: Stream, rounds: int, cpu: Callable[[], float]) -> dict[int, Row]:
+    """Median tokens/s and TTFT per concurrency, the two paths alternating round by round; and the front
+    end's CPU time per token it streamed (``cpu``: its CPU seconds so far)."""
+    found: dict[int, Row] = {}
     for streams in CONCURRENCY:
         await batch(direct, streams), await batch(openai, streams)  # warm-up
-        runs: dict[str, list[tuple[float, float]]] = {"grpc": [], "openai": []}
+        runs: dict[str, list[tuple[float, float, int]]] = {"grpc": [], "openai": []}
+        used = 0.0
         for _ in range(rounds):
-            for name, one in (("grpc", direct), ("openai", openai)):
-                runs[name].append(await batch(one, streams))
-        found[streams] = {name: (statistics.median(r for r, _ in got), statistics.median(t for _, t in got))
-                          for name, got in runs.items()}
+            runs["grpc"].append(await batch(direct, streams))
+            before = cpu()
+            runs["openai"].append(await batch(openai, streams))
+            used += cpu() - before
+        medians = {name: (statistics.median(r for r, _, _ in got), statistics.median(t for _, t, _ in got))
+                   for name, got in runs.items()}
+        found[streams] = Row(*medians["grpc"], *medians["openai"], used / sum(n for _, _, n in runs["openai"]))
     return found
 
 
 async def bench(grpc: str, model: str, served_name: str, url: str, key: str, tokenizer_dir: str,
-                rounds: int) -> dict[int, dict[str, tuple[float, float]]]:
+                rounds: int, pid: int) -> dict[int, Row]:
     import httpx
+    import psutil
 
     from launcher.frontend.upstream import Upstream
     from launcher.interfaces import Options, chat_prompt
@@ -98,7 +114,8 @@ async def bench(grpc: str, model: str, served_name: str, url: str, key: str, tok
             return first or 0.0, tokens
 
         try:
-            return await compare(direct, openai, rounds)
+            front_end = psutil.Process(pid)
+            return await compare(direct, openai, rounds, lambda: sum(front_end.cpu_times()[:2]))
         finally:
             await upstream.close()
 
@@ -122,21 +139,22 @@ def main() -> None:
     deps.sort(key=lambda dep: dep.spec.backend.name != "vllm")  # the vllm one's backends hold python too
     rows = []
     with triton(root, deps, ready=False) as served, contextlib.ExitStack() as stack:
-        urls = {name: stack.enter_context(started(frontend_command(served.grpc, name), root / f"openai-{name}.log"))[1]
-                for name in backends}
+        fronts = {name: stack.enter_context(started(frontend_command(served.grpc, name), root / f"openai-{name}.log"))
+                  for name in backends}
         served.process.wait_ready(served.grpc, 600)
-        for name in backends:
+        for name, (process, url) in fronts.items():
             client, _, interface = connect(served.grpc, "grpc", NAMES[name], 60)
             client.close()
-            results = asyncio.run(bench(served.grpc, NAMES[name], "smollm2", urls[name], KEY,
-                                        str(interface.tokenizer_dir), args.rounds))
-            rows += [(name, streams, found) for streams, found in results.items()]
+            results = asyncio.run(bench(served.grpc, NAMES[name], "smollm2", url, KEY, str(interface.tokenizer_dir),
+                                        args.rounds, process.pid))
+            rows += [(name, streams, row) for streams, row in results.items()]
     print(f"{'backend':>8} {'streams':>7} | {'gRPC tok/s':>10} {'OpenAI tok/s':>12} {'ratio':>6} | "
-          f"{'gRPC TTFT':>9} {'OpenAI TTFT':>11} {'delta':>8}")
-    for name, streams, found in rows:
-        (grpc_rate, grpc_ttft), (api_rate, api_ttft) = found["grpc"], found["openai"]
-        print(f"{name:>8} {streams:>7} | {grpc_rate:10.1f} {api_rate:12.1f} {api_rate / grpc_rate:5.3f}x | "
-              f"{grpc_ttft * 1000:7.1f}ms {api_ttft * 1000:9.1f}ms {(api_ttft - grpc_ttft) * 1000:+6.1f}ms")
+          f"{'gRPC TTFT':>9} {'OpenAI TTFT':>11} {'delta':>8} | {'front end CPU':>13}")
+    for name, streams, row in rows:
+        ratio, delta_ms = row.api_rate / row.grpc_rate, (row.api_ttft - row.grpc_ttft) * 1000
+        print(f"{name:>8} {streams:>7} | {row.grpc_rate:10.1f} {row.api_rate:12.1f} {ratio:5.3f}x | "
+              f"{row.grpc_ttft * 1000:7.1f}ms {row.api_ttft * 1000:9.1f}ms {delta_ms:+6.1f}ms | "
+              f"{row.cpu_per_token * 1e6:7.0f} us/tok")
     print("(targets: ratio >= 0.97x, TTFT delta <= +5 ms; the front end's chat template is inside its TTFT)")
 
 

@@ -81,7 +81,8 @@ class Generation:
 
     def __init__(self, metrics: Metrics, endpoint: str, call: Call, stops: StopText | None, started: float,
                  name: str) -> None:
-        self.metrics, self.endpoint, self.call, self.stops, self.name = metrics, endpoint, call, stops, name
+        self.metrics, self.call, self.stops, self.name = metrics, call, stops, name
+        self.ttft, self.itl = metrics.ttft.labels(endpoint), metrics.itl.labels(endpoint)
         self.started = self.last = started
         self.first = True
         self.completion = Completion()
@@ -113,10 +114,10 @@ class Generation:
         self.completion.add(piece)
         now = time.perf_counter()
         if piece.text and self.first:
-            self.metrics.ttft.labels(self.endpoint).observe(now - self.started)
+            self.ttft.observe(now - self.started)
             self.first = False
         elif piece.text:
-            self.metrics.itl.labels(self.endpoint).observe((now - self.last) / max(piece.output_tokens or 1, 1))
+            self.itl.observe((now - self.last) / max(piece.output_tokens or 1, 1))
         self.last = now
         return piece
 

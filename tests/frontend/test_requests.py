@@ -293,3 +293,13 @@ def test_a_port_in_use_is_refused(tmp_path: Path) -> None:
         with pytest.raises(LauncherError) as err:
             cli.run(["--triton", "h:1", "--model", "llm", "--port", str(port)])
     assert err.value.problems[0].key == "--port" and "cannot listen" in err.value.problems[0].message
+
+
+def test_a_chat_template_of_its_own_wins_over_the_tokenizers(tmp_path: Path) -> None:
+    from tests.fixtures.tiny_models import write_hf
+
+    directory = write_hf(tmp_path / "hf")
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert interfaces.chat_prompt(directory, chat) == "<|system|>\nBe brief.</s>\n<|user|>\nhi</s>\n<|assistant|>\n"
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}> "
+    assert interfaces.chat_prompt(directory, chat, template) == "[system] Be brief.\n[user] hi\n> "
