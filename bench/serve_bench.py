@@ -124,7 +124,7 @@ def batch_and_drain(direct: Direct, prompts: list[str], gap_s: float) -> list[fl
 def main(rounds: int = 2, *overrides: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         precision = [] if any(o.startswith("precision=") for o in overrides) else ["precision=bf16"]
         cfg = compose("config", [f"output_dir={out / 'dep'}", *precision, "action=render", *overrides])
     outcome = deploy(cfg)
