@@ -81,7 +81,8 @@ def serve(dep: Deployment, process: TritonProcess, frontend: FrontendProcess | N
             if frontend is not None:
                 report.print_frontend_starting(frontend.pid, openai_url(server.host, server.openai_port),
                                                dep.paths.openai_log)
-            ready_s = process.wait_ready(f"{server.host}:{server.grpc_port}", server.start_timeout_s)
+            ready_s = process.wait_ready(f"{server.host}:{server.grpc_port}", server.start_timeout_s,
+                                         (frontend,) if frontend else ())
             if frontend is not None:
                 ready_s = max(ready_s, frontend.wait_ready(openai_root(server), server.start_timeout_s))
             report.print_ready(ready_s)

@@ -118,6 +118,17 @@ class ChildProcess:
         tail = log_tail(self.log)
         return user_error(key, f"{message}; last lines of {self.log}:\n{tail}" if tail else message, fix)
 
+    def start_failure(self, code: int) -> LauncherError:
+        """The error for this child exiting with ``code`` while it starts."""
+        return self.failure(Path(self.command[0]).name, f"exited with status {code} while starting",
+                            f"fix what {self.log} reports")
+
+    def check_running(self) -> None:
+        """Raise :meth:`start_failure` if the child has exited."""
+        code = self.exit_status()
+        if code is not None:
+            raise self.start_failure(code)
+
     def wait(self) -> int:
         """Block until the child exits by itself; its exit status."""
         assert self.process is not None
@@ -152,8 +163,12 @@ class ChildProcess:
 class TritonProcess(ChildProcess):
     """A ``tritonserver`` child."""
 
-    def wait_ready(self, grpc_url: str, timeout_s: float) -> float:
-        """Poll gRPC ``ServerReady`` until it answers; seconds since start. Stops the server on failure.
+    def start_failure(self, code: int) -> LauncherError:
+        return self.failure("tritonserver", f"exited with status {code} while starting", f"fix what {self.log} reports")
+
+    def wait_ready(self, grpc_url: str, timeout_s: float, watch: tuple[ChildProcess, ...] = ()) -> float:
+        """Poll gRPC ``ServerReady`` until it answers; seconds since start. Stops the server on a timeout; fails
+        at once when it, or one of the processes it ``watch``es (started beside it), exits.
 
         gRPC, not HTTP: tritonclient's HTTP client runs on gevent, whose hub re-throws a Ctrl-C that lands
         inside it into the main greenlet a second time, so the launcher would die of SIGINT after cleaning up.
@@ -164,10 +179,8 @@ class TritonProcess(ChildProcess):
         try:
             deadline = self.started_at + timeout_s
             while time.monotonic() < deadline:
-                code = self.exit_status()
-                if code is not None:
-                    raise self.failure("tritonserver", f"exited with status {code} while starting",
-                                       f"fix what {self.log} reports")
+                for process in (self, *watch):
+                    process.check_running()
                 with contextlib.suppress(Exception):  # not listening yet
                     if client.is_server_ready(client_timeout=2.0):
                         return time.monotonic() - self.started_at
@@ -186,15 +199,16 @@ class FrontendProcess(ChildProcess):
     """The OpenAI front end (``python -m launcher.frontend``), ready once ``/health/ready`` answers 200 (Triton
     and its model are ready)."""
 
+    def start_failure(self, code: int) -> LauncherError:
+        return self.failure("server.openai", f"the OpenAI front end exited with status {code} while starting",
+                            f"fix what {self.log} reports, or set server.openai=false")
+
     def wait_ready(self, root: str, timeout_s: float) -> float:
         """Poll ``root/health/ready``; seconds since start. Fails (server.openai) when the front end exits or
         reports that it cannot serve the model."""
         deadline = self.started_at + timeout_s
         while time.monotonic() < deadline:
-            code = self.exit_status()
-            if code is not None:
-                raise self.failure("server.openai", f"the OpenAI front end exited with status {code} while "
-                                   "starting", f"fix what {self.log} reports, or set server.openai=false")
+            self.check_running()
             try:
                 with urllib.request.urlopen(f"{root}/health/ready", timeout=2.0):
                     return time.monotonic() - self.started_at
