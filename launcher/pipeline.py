@@ -1,16 +1,18 @@
-"""The pipeline: compose -> spec -> inspect -> validate -> plan -> export -> render -> launch."""
+"""The pipeline: compose -> spec -> inspect -> validate -> plan -> export -> render -> launch (action=frontend:
+compose -> spec -> validate -> the OpenAI front end alone)."""
 
 from __future__ import annotations
 
 import shlex
 import time
+from pathlib import Path
 
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from launcher import validate
 from launcher.backends import BACKENDS, get_backend
-from launcher.deployment import Deployment, resolve
+from launcher.deployment import Deployment, DeployPaths, resolve
 from launcher.errors import LauncherError, Problem, user_error
 from launcher.plan import Outcome, Step
 from launcher.sizing import estimate
@@ -54,6 +56,8 @@ def spec_yaml(spec: DeploySpec) -> str:
 def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     """Run the composed spec up to its action; raises LauncherError with every problem found."""
     spec = typed_spec(cfg)
+    if spec.action == Action.frontend:
+        return frontend(Deployment(spec, None, None, None, DeployPaths(Path(spec.output_dir)), overrides))
     dep = resolve(spec, overrides)
     spec = dep.spec  # with what the checkpoint decides (model=auto's lengths)
     backend, target = get_backend(spec.backend.name), get_target(spec.target.name)
@@ -62,7 +66,8 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     plan = backend.plan(dep)
     plan.lock.update(dep.lock)
     launch = target.launch(dep, plan, backend)
-    outcome = Outcome(spec, [*plan.steps, render_step(dep), launch.step], plan.placement,
+    outcome = Outcome(spec, [*plan.steps, render_step(dep), launch.step, *filter(None, [launch.frontend])],
+                      plan.placement,
                       estimate=estimate(dep) if dep.arch is not None else None)
     if spec.action == Action.plan:
         return outcome
@@ -83,6 +88,16 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     if spec.action in (Action.serve, Action.smoke):
         target.run(dep, plan, backend, launch)
     return outcome
+
+
+def frontend(dep: Deployment) -> Outcome:
+    """action=frontend: no checkpoint, no render; the OpenAI front end in front of ``server.triton_url``."""
+    if found := validate.frontend_problems(dep):
+        raise LauncherError(*found)
+    from launcher.serve import frontend_only
+
+    frontend_only(dep)
+    return Outcome(dep.spec, [])
 
 
 def problems(dep: Deployment) -> list[Problem]:

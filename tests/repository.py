@@ -31,8 +31,11 @@ def mpirun_segments(argv: list[str]) -> list[list[str]]:
 
 
 def docker_argv(out: Path) -> list[str]:
-    """The ``docker run`` argv of a rendered ``launch.sh`` (its last line)."""
-    words = shlex.split((out / "launch.sh").read_text().splitlines()[-1])
+    """The ``docker run`` argv of a rendered ``launch.sh`` (its line, run in the background beside the OpenAI
+    front end, or exec'd without it)."""
+    line = next(line for line in (out / "launch.sh").read_text().splitlines()
+                if line.startswith(("docker run ", "exec docker run ")))
+    words = shlex.split(line.removesuffix(" &"))
     return words[words.index("docker"):]
 
 

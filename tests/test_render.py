@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shlex
 import subprocess
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from tritonclient.grpc import model_config_pb2
 
 from launcher.errors import LauncherError
 from tests.conftest import REPO, run_cli
-from tests.repository import model_config, parameters
+from tests.repository import docker_argv, model_config, parameters
 
 
 def test_pytorch_repository(run_deploy, tmp_path: Path) -> None:
@@ -86,9 +85,7 @@ def test_hostile_values_are_escaped_everywhere(run_deploy, tmp_path: Path) -> No
     assert parameters(config)["model_dir"] == checkpoint  # round-trips exactly through pbtxt escaping
     launch = (out / "launch.sh").read_text()
     assert "49" not in launch  # Jinja syntax in values is never evaluated
-    command = launch.strip().splitlines()[-1].removeprefix("exec ")
-    argv = shlex.split(command)
-    assert f"{checkpoint}:{checkpoint}:ro" in argv  # one argument, unchanged
+    assert f"{checkpoint}:{checkpoint}:ro" in docker_argv(out)  # one argument, unchanged
     subprocess.run(["bash", "-n", str(out / "launch.sh")], check=True)
     spec = yaml.safe_load((out / "spec.yaml").read_text())
     assert spec["model"]["source"] == HOSTILE and spec["model"]["checkpoint"] == checkpoint

@@ -54,7 +54,8 @@ TARGETS = {
               ("target.sbatch_args", ["--comment={V}"])],
     "slurm-container": [("target", "slurm"), ("target.container_mounts", ["/data/{M}:/data"]),
                         ("target.partition", "{V}")],
-    "k8s": [("target", "k8s"), ("target.registry", "{V}"), ("target.repository_pvc", "{V}")],
+    "k8s": [("target", "k8s"), ("target.registry", "{V}"), ("target.repository_pvc", "{V}"),
+            ("target.openai_image", "{V}")],
 }
 COMMON = [("model.source", "{V}"), ("smoke.prompt", "{V}")]
 
@@ -81,6 +82,8 @@ def render(root: Path, backend: str, target: str, hostile: bool) -> Path:
 
     name = (MOUNTABLE if target == "slurm-container" else PAYLOAD) if hostile else "clean"
     checkpoint = write_hf_config(root / f"weights {name}", max_position_embeddings=256)
+    template = root / f"template {name}.jinja"  # copied into the render, which the front end reads
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
     values = [override(key, value, hostile) for key, value in (*BACKENDS[backend], *TARGETS[target], *COMMON)]
     if target == "slurm-container":  # TensorRT-LLM's container of the runtime (the version table's rows)
         tag = "25.05" if backend == "trtllm-engine" else "26.07"
@@ -88,6 +91,7 @@ def render(root: Path, backend: str, target: str, hostile: bool) -> Path:
     host_server = target in ("local", "slurm")  # this machine's tritonserver: a tool printing its argv
     overrides = ["model=tiny-llama", "model.max_input_len=128", "model.max_output_len=32",
                  f"model.checkpoint={q(str(checkpoint))}", f"output_dir={q(str(root / ('out ' + name)))}",
+                 f"model.chat_template_file={q(str(template))}",
                  # pyxis mounts cannot carry ',' or ':' (refused in one line): the cache path leaves them out
                  f"cache_dir={q(str(root / ('cache ' + name.replace(',', '_').replace(':', '_'))))}",
                  *([f"target.tritonserver={fake_tool(root / 'bin', 'tritonserver')}"] if host_server else []),
@@ -144,13 +148,17 @@ def test_hostile_values_stay_values(tmp_path: Path, monkeypatch, backend: str, t
         manifests = list(yaml.safe_load_all((out / "k8s.yaml").read_text()))
         volumes = manifests[0]["spec"]["template"]["spec"]["volumes"]
         assert volumes[0]["persistentVolumeClaim"]["claimName"] == PAYLOAD
-        assert manifests[0]["spec"]["template"]["spec"]["containers"][0]["image"].startswith(PAYLOAD)
+        triton, frontend = manifests[0]["spec"]["template"]["spec"]["containers"]
+        assert triton["image"].startswith(PAYLOAD) and frontend["image"] == PAYLOAD
+        assert f"--chat-template={out}/chat_template.jinja" in frontend["args"]
     for script, tool in (("launch.sh", "docker" if target == "docker" else "tritonserver"), ("job.sbatch", "srun")):
         if not (out / script).exists():
             continue
         subprocess.run(["bash", "-n", str(out / script)], check=True)
         argv = run_script(out / script, tmp_path / "hostile", tool)
         assert any(str(out) in word for word in argv), argv  # the output directory came through as one value
+    assert (out / "chat_template.jinja").read_text() == (tmp_path / "clean" / "out clean" / "chat_template.jinja"
+                                                         ).read_text()
     assert not list(tmp_path.rglob(f"{MARKER}*")), "a payload ran"
 
 

@@ -19,9 +19,10 @@ from tests.conftest import run_cli
 
 pytestmark = pytest.mark.integration
 
-FREE_PORTS = ("server.http_port=0", "server.grpc_port=0", "server.metrics_port=0")
+FREE_PORTS = ("server.http_port=0", "server.grpc_port=0", "server.metrics_port=0", "server.openai_port=0")
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
 SERVING = re.compile(r"serving 'llm' as Slurm job (\d+) on (\S+): http://\S+:(\d+), try: llm-query --url \S+:(\d+)")
+OPENAI = re.compile(r"^openai (http://(\S+):(\d+)/v1) \(model 'llm'\); try: llm-query --openai", re.MULTILINE)
 
 
 def tiny(tiny_hf: Path, tmp_path: Path) -> tuple[str, ...]:
@@ -70,17 +71,24 @@ def test_serve_answers_and_scancel_leaves_nothing_running(slurm: None, tiny_hf: 
         answer = query.ask(f"{node}:{grpc}", "grpc", "llm", "What is the capital of France?",
                            query.Options(max_tokens=6))
         assert answer.tokens == 6 and answer.text
+        openai = OPENAI.search(result.stdout)  # the front end beside the rank-0 server, on the job's node
+        assert openai and openai[2] == node, result.stdout
+        over_openai = query.ask_openai(openai[1], "llm", "What is the capital of France?", query.Options(max_tokens=6),
+                                       chat=False)
+        assert over_openai.tokens == 6 and over_openai.text
         log = (out / f"slurm-{job_id}.out").read_text()
         assert f"llm-launch: job={job_id} node={node} http_port={http} grpc_port={grpc}" in log
+        assert f" openai_port={openai[3]}" in log and (out / "openai.log").is_file()
         assert processes_mentioning(str(out))  # the server runs from the rendered repository
+        assert processes_mentioning(f"--port={openai[3]}")  # the front end
     finally:
         subprocess.run(["scancel", job_id], check=True)
     assert wait_job_ended(job_id, 60) in ("CANCELLED", "GONE")
     deadline = time.monotonic() + 15
     while processes_mentioning(str(out)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert processes_mentioning(str(out)) == []
-    assert port_free("0.0.0.0", http) and port_free("0.0.0.0", grpc)
+    assert processes_mentioning(str(out)) == [] and processes_mentioning(f"--port={openai[3]}") == []
+    assert port_free("0.0.0.0", http) and port_free("0.0.0.0", grpc) and port_free("0.0.0.0", int(openai[3]))
 
 
 def test_sbatch_refusing_the_job_is_one_line(slurm: None, tiny_hf: Path, tmp_path: Path) -> None:
