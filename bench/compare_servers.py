@@ -28,6 +28,7 @@ from launcher.server import TritonProcess, free_ports  # noqa: E402
 
 TRITON = {"Triton + vLLM": "vllm", "Triton + pytorch": "pytorch"}
 ALONE = "vLLM alone"
+KEYS = {"triton-vllm": "Triton + vLLM", "triton-pytorch": "Triton + pytorch", "vllm-alone": ALONE}
 FREE_PORTS = ("server.http_port=0", "server.grpc_port=0", "server.metrics_port=0", "server.openai_port=0")
 READY_TIMEOUT_S = 600.0
 
@@ -51,6 +52,14 @@ def bench_triton(name: str, backend: str, settings: BenchSettings, out: Path) ->
     subprocess.run(command, check=True, cwd=out)
     wall = time.monotonic() - start
     return replace(load_summary(output_dir / "bench"), name=name), wall
+
+
+def rendered_engine_args(out: Path) -> dict:
+    """``model.json`` of ``llm-launch backend=vllm action=render``: the engine arguments Triton + vLLM runs."""
+    output_dir = out / "vllm-render"
+    subprocess.run([sys.executable, "-m", "launcher.cli", "backend=vllm", "action=render", f"output_dir={output_dir}"],
+                   check=True, cwd=out, stdout=subprocess.DEVNULL)
+    return json.loads((output_dir / "model_repository" / "llm" / "1" / "model.json").read_text())
 
 
 def alone_command(model_json: dict, port: int) -> list[str]:
@@ -86,7 +95,7 @@ def bench_alone(model_json: dict, settings: BenchSettings, out: Path) -> tuple[S
 
 def markdown(summaries: list[Summary]) -> str:
     """The comparison as a Markdown table, each row's output tokens/s also as a ratio to vLLM alone."""
-    alone = {row.concurrency: row for row in next(s for s in summaries if s.name == ALONE).rows}
+    alone = {row.concurrency: row for s in summaries if s.name == ALONE for row in s.rows}
     lines = ["| concurrency | deployment | output tok/s | vs vLLM alone | req/s | TTFT p50 / p95 (ms) | "
              "ITL p50 / p95 (ms) | E2E p95 (ms) |", "|---|---|---|---|---|---|---|---|"]
     for level in sorted({row.concurrency for s in summaries for row in s.rows}):
@@ -109,19 +118,21 @@ def main() -> None:
     parser.add_argument("--input-tokens", type=int, default=128)
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--sla", default="", help="e.g. 'ttft_p95_ms=2000 itl_p95_ms=200'")
+    parser.add_argument("--deployments", default=",".join(KEYS), help=f"a subset of {','.join(KEYS)}")
     args = parser.parse_args()
     settings = BenchSettings(concurrency=tuple(int(c) for c in args.concurrency.split(",")),
                              requests=args.requests, input_tokens=args.input_tokens,
                              output_tokens=args.output_tokens, sla=parse_sla(args.sla))
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    wanted = [KEYS[key] for key in args.deployments.split(",")]
     summaries, walls = [], {}
-    for name, backend in TRITON.items():
-        summary, walls[name] = bench_triton(name, backend, settings, out)
+    for name in wanted:
+        if name == ALONE:
+            summary, walls[name] = bench_alone(rendered_engine_args(out), settings, out)
+        else:
+            summary, walls[name] = bench_triton(name, TRITON[name], settings, out)
         summaries.append(summary)
-    model_json = json.loads((out / "vllm" / "model_repository" / "llm" / "1" / "model.json").read_text())
-    summary, walls[ALONE] = bench_alone(model_json, settings, out)
-    summaries.append(summary)
     compare(summaries, out)
     table = markdown(summaries)
     (out / "table.md").write_text(table)
