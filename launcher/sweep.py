@@ -202,7 +202,8 @@ def _search_results(records: list[dict[str, Any]], benched: dict[int, Any], shar
     written = [str(ranking_csv), "ranking.json"] + ([pareto.name] if pareto else [])
     best = ranked(trials)[0] if trials else None
     if best is None or best.score <= 0:
-        console.print("no trial met the SLA: no best spec written", style="red", markup=False)
+        console.print("no trial scored above 0 (none met the SLA, or none was measured: see the summary): "
+                      "no best spec written", style="red", markup=False)
     else:
         searched = sorted({o.split("=", 1)[0] for record in records for o in record["overrides"] if o not in shared})
         path = sweep_dir / BEST_SPEC
