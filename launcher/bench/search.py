@@ -21,6 +21,7 @@ from launcher.bench.summary import ROW_FIELDS, Row, Summary, write_atomic
 RANKING_CSV, RANKING_JSON, PARETO_PNG = "ranking.csv", "ranking.json", "pareto.png"
 BEST_SPEC = Path("deploy") / "best.yaml"  # llm-launch --config-dir=<sweep dir> +deploy=best
 SPEC_GROUPS = ("model", "backend", "precision", "hardware", "target")  # conf/deploy files override these
+METRIC_NAMES = {"ttft": "TTFT", "itl": "inter-token latency", "e2e": "end-to-end latency"}
 NOT_SPEC = ("action", "output_dir", "bench.url", "hydra.")  # trial overrides that are not part of the deployment
 
 
@@ -134,7 +135,8 @@ def plot_pareto(trials: Sequence[Trial], out_dir: Path) -> Path | None:
                      edgecolors="C3", linewidths=2, label=f"best: #{top.number} c={row.concurrency}", zorder=3)
     if bound is not None:
         axes.axvline(bound.limit_ms, color="C3", linestyle="--", label=f"SLA {bound.key}={bound.limit_ms:g}")
-    axes.set(xlabel=field.replace("_ms", " (ms)").replace("_", " "), ylabel=f"output tokens/s per {top.unit}",
+    metric, percentile, _ = field.split("_")
+    axes.set(xlabel=f"{METRIC_NAMES[metric]} {percentile} (ms)", ylabel=f"output tokens/s per {top.unit}",
              title=f"{len(trials)} trials: throughput vs latency")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
