@@ -11,9 +11,10 @@ Three interfaces exist behind llm-launch's backends:
   ``stream``, ...).
 
 This module maps one prompt and its sampling options onto the inputs a model declares and reads its
-responses back; it opens no connection itself (``launcher.query`` is the CLI over it, and an OpenAI front end
-can drive it from asyncio). The prompt goes in as text: chat templating is the client's, done the same way
-for every backend by :func:`chat_prompt`.
+responses back; it opens no connection itself (``launcher.query`` is the CLI over it, ``launcher.frontend``
+the OpenAI front end driving it from asyncio). An option a model's interface cannot carry is named by
+:meth:`ServedModel.refused`, so a caller can refuse it rather than drop it. The prompt goes in as text: chat
+templating is the client's, done the same way for every backend by :func:`chat_prompt`.
 """
 
 from __future__ import annotations
@@ -33,37 +34,68 @@ NUMPY_TYPES = {"TYPE_STRING": np.object_, "TYPE_BOOL": np.bool_, "TYPE_INT32": n
                "TYPE_UINT32": np.uint32, "TYPE_UINT64": np.uint64, "TYPE_FP32": np.float32,
                "TYPE_FP64": np.float64}
 # Outputs read back when a model declares them (the vLLM backend's additional outputs and their flags).
-READ_OUTPUTS = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens")
+READ_OUTPUTS = ("text_output", "finish_reason", "num_input_tokens", "num_output_tokens", "logprobs")
 RETURN_FLAGS = {"finish_reason": "return_finish_reason", "num_input_tokens": "return_num_input_tokens",
-                "num_output_tokens": "return_num_output_tokens"}
+                "num_output_tokens": "return_num_output_tokens", "logprobs": "return_logprobs"}
+# The inputs that carry each option on the interfaces of one input per option (the vLLM interface carries
+# them all in its sampling_parameters JSON). An option without an input here cannot be asked of that interface.
+FIELD_INPUTS = {
+    LLMAPI: {"max_tokens": "sampling_param_max_tokens", "temperature": "sampling_param_temperature",
+             "top_p": "sampling_param_top_p", "top_k": "sampling_param_top_k", "stop": "sampling_param_stop",
+             "seed": "sampling_param_seed", "presence_penalty": "sampling_param_presence_penalty",
+             "frequency_penalty": "sampling_param_frequency_penalty"},
+    ENSEMBLE: {"max_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+               "stop": "stop_words", "seed": "random_seed", "presence_penalty": "presence_penalty",
+               "frequency_penalty": "frequency_penalty", "structured": "guided_decoding_guide_type"},
+}
+# vLLM StructuredOutputsParams kinds -> the ensemble's guided_decoding_guide_type.
+GUIDE_TYPES = {"json": "json_schema", "json_object": "json", "regex": "regex", "grammar": "ebnf_grammar"}
 
 
 @dataclass(frozen=True)
 class Options:
-    """What to ask for; ``None`` leaves the server's default. ``sampling`` adds ``vllm.SamplingParams``
-    fields (``stop``, ``seed``, ``structured_outputs``, ...) for models of the vLLM interface."""
+    """What to ask for; ``None`` (or empty) leaves the server's default. ``sampling`` adds more
+    ``vllm.SamplingParams`` fields for models of the vLLM interface (other interfaces do not see them).
+    ``logprobs``: how many top alternatives to return with each token's logprob (0: the token's only).
+    ``structured``: a ``vllm`` StructuredOutputsParams dict (``{"json": schema}``, ``{"json_object": True}``)."""
 
-    max_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
+    max_tokens: int | None = 64
+    temperature: float | None = 0.0  # 0: greedy
     top_p: float | None = None
     top_k: int | None = None
     stream: bool = False
     sampling: dict[str, Any] = field(default_factory=dict)
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: int | None = None
+    structured: dict[str, Any] | None = None
 
-    def common(self) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
+        """The options that are set, by name (``stop`` as a list)."""
         values = {"max_tokens": self.max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                  "top_k": self.top_k}
+                  "top_k": self.top_k, "stop": list(self.stop) or None, "seed": self.seed,
+                  "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty,
+                  "logprobs": self.logprobs, "structured": self.structured}
         return {key: value for key, value in values.items() if value is not None}
 
 
 @dataclass
 class Piece:
-    """What one response carries (``None`` where the model does not say)."""
+    """What one response carries (``None`` where the model does not say). ``logprobs``: one
+    ``{token id: {"logprob", "rank", "decoded_token"}}`` per generated token, the sampled token first."""
 
     text: str
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    logprobs: list[dict[str, dict[str, Any]]] | None = None
+
+    @property
+    def final_reason(self) -> str | None:
+        """The finish reason, ``None`` while there is none (the vLLM backend sends "None" until the last)."""
+        return None if self.finish_reason in (None, "None") else self.finish_reason
 
 
 @dataclass
@@ -74,11 +106,15 @@ class Completion:
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    logprobs: list[dict[str, dict[str, Any]]] | None = None
 
     def add(self, piece: Piece) -> None:
         self.text += piece.text
-        if piece.finish_reason not in (None, "None"):  # the vLLM backend sends "None" until the last one
-            self.finish_reason = piece.finish_reason
+        if piece.final_reason is not None:
+            self.finish_reason = piece.final_reason
+        if piece.logprobs is not None:
+            self.logprobs = self.logprobs or []
+            self.logprobs.extend(piece.logprobs)
         if piece.input_tokens is not None:
             self.input_tokens = piece.input_tokens
         if piece.output_tokens is not None:
@@ -123,35 +159,88 @@ class ServedModel:
         """The tokenizer directory the deployment names (``tokenizer_dir`` parameter), if any."""
         return self.parameters.get("tokenizer_dir") or None
 
+    @property
+    def cumulative(self) -> bool:
+        """Whether every response carries the whole text so far (the llmapi model's), not only what is new."""
+        return self.kind == LLMAPI
+
+    def refused(self, options: Options) -> list[str]:
+        """The options set in ``options`` that this model's interface has no way to carry (``sampling``'s
+        vLLM fields on the other interfaces among them)."""
+        fields = options.fields()
+        if self.kind == VLLM:
+            return ["logprobs"] if "logprobs" in fields and "logprobs" not in self.outputs else []
+        carried = FIELD_INPUTS[self.kind]
+        return [name for name in fields if carried.get(name) not in self.inputs] + sorted(options.sampling)
+
+    def wanted(self, options: Options) -> tuple[str, ...]:
+        """The outputs to ask for: those read back, logprobs only when asked for."""
+        return tuple(name for name in self.outputs if name != "logprobs" or options.logprobs is not None)
+
     def values(self, prompt: str, options: Options) -> dict[str, Any]:
         """The request's input values, in the style this model declares (only inputs it has)."""
         streaming = options.stream and self.decoupled
+        fields = options.fields()
         if self.kind == VLLM:
-            style = {"sampling_parameters": json.dumps({**options.common(), **options.sampling}),
+            structured = fields.pop("structured", None)
+            if structured is not None:
+                fields["structured_outputs"] = json.dumps(structured)  # a JSON string, as NVIDIA's backend takes
+            style = {"sampling_parameters": json.dumps({**fields, **options.sampling}),
                      "stream": streaming, "exclude_input_in_output": True,
-                     **{flag: True for output, flag in RETURN_FLAGS.items() if output in self.outputs}}
+                     **{flag: True for output, flag in RETURN_FLAGS.items() if output in self.wanted(options)}}
         elif self.kind == LLMAPI:
             style = {"streaming": streaming, "sampling_param_exclude_input_from_output": True,
-                     **{f"sampling_param_{key}": value for key, value in options.common().items()},
-                     "return_finish_reason": True}
+                     **self._plain(fields), "return_finish_reason": True}
         else:
-            style = {"stream": streaming, "exclude_input_in_output": True, **options.common()}
+            style = {"stream": streaming, "exclude_input_in_output": True, **self._plain(fields)}
         return {name: value for name, value in {"text_input": prompt, **style}.items() if name in self.inputs}
 
+    def _plain(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """``fields`` as the inputs of one option each (an ensemble's guided decoding takes two)."""
+        carried = FIELD_INPUTS[self.kind]
+        values = {carried[name]: value for name, value in fields.items() if name in carried and name != "structured"}
+        if "structured" in fields and "structured" in carried:
+            ((kind, guide),) = fields["structured"].items()
+            values["guided_decoding_guide_type"] = GUIDE_TYPES[kind]
+            if kind != "json_object":
+                values["guided_decoding_guide"] = guide if isinstance(guide, str) else json.dumps(guide)
+        return values
+
     def tensors(self, module: Any, values: dict[str, Any]) -> list[Any]:
-        """``module.InferInput`` tensors (``module``: ``tritonclient.grpc`` or ``tritonclient.http``)."""
+        """``module.InferInput`` tensors (``module``: ``tritonclient.grpc`` or ``tritonclient.http``); a list
+        value fills the input's last dimension."""
         tensors = []
         for name, value in values.items():
             data_type, shape = self.inputs[name]
-            item = value.encode() if isinstance(value, str) else value
-            array = np.full(shape, item, dtype=NUMPY_TYPES[data_type])
+            dtype = NUMPY_TYPES[data_type]
+            if isinstance(value, (list, tuple)):
+                shape = [*shape[:-1], len(value)]
+                array = np.array([item.encode() if isinstance(item, str) else item for item in value],
+                                 dtype=dtype).reshape(shape)
+            else:
+                array = np.full(shape, value.encode() if isinstance(value, str) else value, dtype=dtype)
             tensor = module.InferInput(name, shape, data_type.removeprefix("TYPE_").replace("STRING", "BYTES"))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         return tensors
 
-    def requested_outputs(self, module: Any) -> list[Any]:
-        return [module.InferRequestedOutput(name) for name in self.outputs]
+    def requested_outputs(self, module: Any, options: Options | None = None) -> list[Any]:
+        return [module.InferRequestedOutput(name) for name in self.wanted(options or Options())]
+
+
+class Reader:
+    """One request's responses as :class:`Piece` s of new text (the llmapi model sends the whole text so far in
+    every response: only what follows the text already read is new)."""
+
+    def __init__(self, model: ServedModel) -> None:
+        self.cumulative = model.cumulative
+        self.seen = ""
+
+    def read(self, result: Any) -> Piece:
+        piece = read_result(result)
+        if self.cumulative:
+            piece.text, self.seen = piece.text[len(self.seen):], piece.text
+        return piece
 
 
 def _first(array: np.ndarray | None) -> Any:
@@ -165,12 +254,14 @@ def read_result(result: Any) -> Piece:
     """One response (a tritonclient ``InferResult``) as a :class:`Piece`."""
     text = result.as_numpy("text_output")
     counts = {name: result.as_numpy(name) for name in ("num_input_tokens", "num_output_tokens")}
+    logprobs = _first(result.as_numpy("logprobs"))
     return Piece(
         text=b"".join(text.reshape(-1)).decode("utf-8", errors="replace") if text is not None else "",
         finish_reason=_first(result.as_numpy("finish_reason")),
         input_tokens=int(counts["num_input_tokens"].reshape(-1)[0]) if counts["num_input_tokens"] is not None
         else None,
         output_tokens=int(counts["num_output_tokens"].sum()) if counts["num_output_tokens"] is not None else None,
+        logprobs=json.loads(logprobs) if logprobs else None,  # "null" when the request asked for none
     )
 
 
@@ -196,11 +287,12 @@ def load_tokenizer(directory: str) -> Any:
     return AutoTokenizer.from_pretrained(directory)
 
 
-def chat_prompt(directory: str | Path, messages: str | list[dict[str, str]]) -> str | None:
-    """``messages`` (one user message, or a chat) formatted with the tokenizer's chat template for a
-    generation turn; ``None`` when the tokenizer has no template (a base model: send the text as it is)."""
+def chat_prompt(directory: str | Path, messages: str | list[dict[str, str]], template: str | None = None) -> str | None:
+    """``messages`` (one user message, or a chat) formatted with the tokenizer's chat template (or
+    ``template``, a Jinja chat template of its own) for a generation turn; ``None`` when there is no template
+    (a base model: send the text as it is)."""
     tokenizer = load_tokenizer(str(directory))
-    if not tokenizer.chat_template:
+    if not (template or tokenizer.chat_template):
         return None
     chat = [{"role": "user", "content": messages}] if isinstance(messages, str) else messages
-    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(chat, chat_template=template, tokenize=False, add_generation_prompt=True)

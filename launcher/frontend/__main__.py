@@ -1,0 +1,3 @@
+from launcher.frontend.cli import main
+
+main()

@@ -1,0 +1,490 @@
+"""The OpenAI-compatible HTTP API over one Triton model: a FastAPI app (uvicorn serves it).
+
+Every request is validated (``protocol``), formatted (chat: the tokenizer's chat template, applied here for
+every backend), bounded (``max_tokens`` and the model's context) and mapped onto the model's interface
+(``launcher.interfaces``); an option that interface cannot carry is a 400 naming it. A request whose client
+goes away, or that runs past ``--request-timeout-s``, is cancelled in Triton.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from launcher.errors import LauncherError
+from launcher.frontend.metrics import Metrics
+from launcher.frontend.protocol import (
+    APIError,
+    Ask,
+    ChatAnswer,
+    ChatRequest,
+    CompletionRequest,
+    StopText,
+    TextAnswer,
+    finish_reason,
+    parse,
+    usage,
+)
+from launcher.frontend.upstream import Call, ModelError, Unavailable, Upstream
+from launcher.interfaces import ENSEMBLE, Completion, Options, Piece, ServedModel, chat_prompt, load_tokenizer
+
+log = logging.getLogger("launcher.frontend")
+RETRY_S = 0.5  # how often the front end looks for Triton and the model until they are ready
+OPENAI_NAMES = {"structured": "response_format"}  # launcher.interfaces.Options fields named otherwise by OpenAI
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the command line says (see ``launcher.frontend.cli``)."""
+
+    triton: str
+    model: str
+    served_name: str
+    aliases: tuple[str, ...] = ()
+    tokenizer: str | None = None
+    chat_template: str | None = None  # the template's text
+    max_tokens: int | None = None
+    max_model_len: int | None = None
+    api_key: str | None = None
+    max_body_bytes: int = 1 << 20
+    request_timeout_s: float | None = 600.0
+    cors_origins: tuple[str, ...] = ()
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return (self.served_name, *(alias for alias in self.aliases if alias != self.served_name))
+
+
+class ClientGone(Exception):
+    """The client closed its connection before the answer was ready."""
+
+
+class Generation:
+    """One request's generation in Triton: its pieces, the answer so far, the metrics it feeds."""
+
+    def __init__(self, metrics: Metrics, endpoint: str, call: Call, stops: StopText | None, started: float,
+                 name: str) -> None:
+        self.metrics, self.endpoint, self.call, self.stops, self.name = metrics, endpoint, call, stops, name
+        self.started = self.last = started
+        self.first = True
+        self.completion = Completion()
+        self.finished = self.closed = False
+        self.reason = "client_disconnected"  # why it ends early, if it does
+        metrics.in_flight.inc()
+
+    async def next(self) -> Piece | None:
+        """The next piece of the answer; ``None`` at its end."""
+        if self.finished:
+            return None
+        try:
+            piece = await self.call.__anext__()
+        except StopAsyncIteration:
+            self.finished = True
+            tail = self.stops.flush() if self.stops else ""
+            return Piece(tail) if tail else None
+        except ModelError as err:
+            self.finished = True
+            raise APIError(400, f"the model refused the request: {err}") from None
+        except Unavailable as err:
+            self.finished = True
+            raise APIError(503, f"the model is not available: {err}", kind="server_error") from None
+        if self.stops is not None:
+            piece.text = self.stops.feed(piece.text)
+            if self.stops.hit:
+                piece.finish_reason, self.finished = "stop", True
+                self.call.cancel()  # the rest is not wanted
+        self.completion.add(piece)
+        now = time.perf_counter()
+        if piece.text and self.first:
+            self.metrics.ttft.labels(self.endpoint).observe(now - self.started)
+            self.first = False
+        elif piece.text:
+            self.metrics.itl.labels(self.endpoint).observe((now - self.last) / max(piece.output_tokens or 1, 1))
+        self.last = now
+        return piece
+
+    async def run(self) -> Completion:
+        """The whole answer."""
+        while await self.next() is not None:
+            pass
+        return self.completion
+
+    def close(self) -> None:
+        """Count it; cancel it in Triton if it has not ended (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        if not self.finished:
+            self.metrics.cancelled.labels(self.reason).inc()
+            log.info("%s: %s; cancelling its request in Triton", self.name, self.reason.replace("_", " "))
+        self.call.cancel()
+        self.metrics.in_flight.dec()
+        self.metrics.prompt_tokens.inc(self.completion.input_tokens or 0)
+        self.metrics.completion_tokens.inc(self.completion.output_tokens or 0)
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events whose generation is closed (cancelled in Triton if unfinished) however the response
+    ends: finished, failed, or cut by the client."""
+
+    def __init__(self, events: AsyncIterator[bytes], generation: Generation) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.generation = generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.generation.close()
+
+
+def sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+async def disconnected(request: Request) -> None:
+    """Returns once the client has closed its connection (the request's body already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def endpoint_label(path: str) -> str:
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{id}"
+    return path if path in ("/v1/models", "/v1/completions", "/v1/chat/completions") else "other"
+
+
+class CountRequests:
+    """ASGI middleware: count every ``/v1`` response by endpoint and status code."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def counted(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counted)
+        finally:
+            self.metrics.requests.labels(endpoint_label(scope["path"]), str(status)).inc()
+
+
+class FrontEnd:
+    """The app's state: settings, Triton, the model's interface and tokenizer once known, metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.upstream: Upstream | None = None
+        self.served: ServedModel | None = None
+        self.tokenizer: str | None = None
+        self.max_tokens = settings.max_tokens
+        self.failure: str | None = None
+        self.created = int(time.time())
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        self.upstream = Upstream(self.settings.triton, self.settings.model)
+        loader = asyncio.create_task(self.load())
+        try:
+            yield
+        finally:
+            loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loader
+            await self.upstream.close()
+
+    async def load(self) -> None:
+        """Wait for Triton and the model, then read the model's config and load its tokenizer."""
+        assert self.upstream is not None
+        waiting = False
+        while True:
+            try:
+                if await self.upstream.ready():
+                    served = await self.upstream.model()
+                    break
+            except Unavailable:
+                pass
+            except LauncherError as err:
+                self.failure = str(err)
+                log.error("cannot serve %s: %s", self.settings.model, err)
+                return
+            if not waiting:
+                log.info("waiting for Triton at %s to serve '%s'", self.settings.triton, self.settings.model)
+                waiting = True
+            await asyncio.sleep(RETRY_S)
+        directory = self.settings.tokenizer or served.tokenizer_dir
+        if directory and Path(directory).is_dir():
+            try:
+                await asyncio.to_thread(load_tokenizer, directory)
+                self.tokenizer = directory
+            except Exception as err:  # a broken tokenizer directory: completions still work
+                log.error("cannot load the tokenizer in %s (%s); chat completions are refused", directory, err)
+        else:
+            log.warning("no tokenizer directory on this machine (%s); chat completions are refused: pass "
+                        "--tokenizer DIR", directory or "the model names none")
+        if self.max_tokens is None and served.parameters.get("max_output_len", "").isdigit():
+            self.max_tokens = int(served.parameters["max_output_len"])
+        self.served = served
+        log.info("serving Triton model '%s' (%s interface) as %s", served.name, served.kind,
+                 ", ".join(self.settings.ids))
+
+    # ---------------------------------------------------------------------------------------- plumbing
+    async def authorize(self, request: Request) -> None:
+        key = self.settings.api_key
+        if key is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key.encode()):
+            raise APIError(401, "Incorrect API key provided." if given else
+                           "No API key provided: send it as 'Authorization: Bearer KEY'", code="invalid_api_key")
+
+    async def body(self, request: Request) -> Any:
+        """The request's JSON body, at most ``--max-body-bytes`` (announced or as it arrives)."""
+        limit = self.settings.max_body_bytes
+        too_large = APIError(413, f"the request body is larger than this server takes ({limit} bytes)",
+                             code="request_too_large")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise too_large
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise APIError(400, "the request body is not valid JSON") from None
+
+    def serving(self, model: str) -> ServedModel:
+        if model not in self.settings.ids:
+            raise APIError(404, f"The model '{model}' does not exist; this server serves "
+                           f"{', '.join(self.settings.ids)}", param="model", code="model_not_found")
+        if self.served is None:
+            raise APIError(503, self.failure or f"'{model}' is not ready yet (Triton at {self.settings.triton})",
+                           kind="server_error")
+        return self.served
+
+    def format_chat(self, messages: list[dict[str, str]]) -> str:
+        if self.tokenizer is None:
+            raise APIError(400, "chat completions need the model's tokenizer, which this front end does not have "
+                           "(start it with --tokenizer DIR); /v1/completions takes text as it is", param="messages")
+        try:
+            prompt = chat_prompt(self.tokenizer, messages, self.settings.chat_template)
+        except Exception as err:  # jinja2's errors, raise_exception() of the template itself
+            raise APIError(400, f"messages: the chat template refuses them: {err}", param="messages") from None
+        if prompt is None:
+            raise APIError(400, "the model's tokenizer has no chat template (start the front end with "
+                           "--chat-template FILE); /v1/completions takes text as it is", param="messages")
+        return prompt
+
+    def options(self, ask: Ask, prompt: str, served: ServedModel) -> Options:
+        """What to ask Triton for: ``max_tokens`` defaulted and bounded, every field carried or refused."""
+        limit, context = self.max_tokens, self.settings.max_model_len
+        if ask.max_tokens is not None and limit is not None and ask.max_tokens > limit:
+            raise APIError(400, f"max_tokens: {ask.max_tokens} is more than this model generates: at most {limit} "
+                           "(model.max_output_len)", param="max_tokens")
+        max_tokens = ask.max_tokens or limit
+        if context is not None and self.tokenizer is not None:
+            used = len(load_tokenizer(self.tokenizer)(prompt)["input_ids"])
+            room = context - used
+            where = "prompt" if ask.prompt is not None else "messages"
+            if room < 1:
+                raise APIError(400, f"{where}: the prompt has {used} tokens; this model's context is {context} "
+                               "tokens (max_model_len)", param=where)
+            if ask.max_tokens is not None and ask.max_tokens > room:
+                raise APIError(400, f"max_tokens: the prompt's {used} tokens and max_tokens={ask.max_tokens} "
+                               f"exceed this model's context of {context} tokens (max_model_len)",
+                               param="max_tokens")
+            max_tokens = min(max_tokens or room, room)
+        options = Options(**{"temperature": None, **ask.fields, "max_tokens": max_tokens, "stream": ask.stream,
+                             "sampling": ask.sampling, "logprobs": ask.logprobs})
+        refused = served.refused(options)
+        if refused:
+            name = OPENAI_NAMES.get(refused[0], refused[0])
+            raise APIError(400, f"{name}: not supported by '{ask.model}' (Triton model '{served.name}' speaks the "
+                           f"{served.kind} interface, which cannot carry it)", param=name)
+        return options
+
+    async def guard(self, request: Request, work: Awaitable[T], deadline: float | None,
+                    generation: Generation) -> T:
+        """``work``'s result, unless the client goes away first (:class:`ClientGone`) or the deadline
+        passes (504); either way the generation is cancelled."""
+        task = asyncio.ensure_future(work)
+        gone = asyncio.ensure_future(disconnected(request))
+        timeout = None if deadline is None else max(deadline - time.perf_counter(), 0)
+        try:
+            done, _ = await asyncio.wait((task, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not task.done():
+                task.cancel()
+        if task in done:
+            return task.result()
+        if gone not in done:
+            generation.reason = "timeout"
+            raise self.timed_out()
+        raise ClientGone
+
+    def timed_out(self) -> APIError:
+        return APIError(504, f"no answer within {self.settings.request_timeout_s:g} s (--request-timeout-s)",
+                        kind="timeout", code="timeout")
+
+    async def step(self, generation: Generation, deadline: float | None) -> Piece | None:
+        if deadline is None:
+            return await generation.next()
+        try:
+            return await asyncio.wait_for(generation.next(), max(deadline - time.perf_counter(), 0))
+        except asyncio.TimeoutError:
+            generation.reason = "timeout"
+            raise self.timed_out() from None
+
+    # --------------------------------------------------------------------------------------- endpoints
+    async def models(self) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [self.card(name) for name in self.settings.ids]})
+
+    async def model(self, model_id: str) -> JSONResponse:
+        if model_id not in self.settings.ids:
+            raise APIError(404, f"The model '{model_id}' does not exist", param="model", code="model_not_found")
+        return JSONResponse(self.card(model_id))
+
+    def card(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": self.created, "owned_by": "llm-launch",
+                "root": self.settings.model, "max_model_len": self.settings.max_model_len}
+
+    async def chat(self, request: Request) -> Response:
+        started = time.perf_counter()
+        ask = parse(ChatRequest, await self.body(request))
+        served = self.serving(ask.model)
+        assert ask.messages is not None
+        prompt = self.format_chat(ask.messages)
+        return await self.answer(request, "/v1/chat/completions", ChatAnswer(ask.model, ask.logprobs), served,
+                                 ask, prompt, started)
+
+    async def completions(self, request: Request) -> Response:
+        started = time.perf_counter()
+        ask = parse(CompletionRequest, await self.body(request))
+        served = self.serving(ask.model)
+        assert ask.prompt is not None
+        return await self.answer(request, "/v1/completions", TextAnswer(ask.model, ask.logprobs), served, ask,
+                                 ask.prompt, started)
+
+    async def answer(self, request: Request, endpoint: str, shape: ChatAnswer | TextAnswer, served: ServedModel,
+                     ask: Ask, prompt: str, started: float) -> Response:
+        assert self.upstream is not None
+        options = self.options(ask, prompt, served)
+        timeout = self.settings.request_timeout_s
+        deadline = None if timeout is None else started + timeout
+        stops = StopText(options.stop) if options.stop and served.kind == ENSEMBLE else None
+        generation = Generation(self.metrics, endpoint, self.upstream.generate(served, prompt, options), stops,
+                                started, shape.head["id"])
+        try:
+            if ask.stream:  # the first piece before the response starts: a refusal is still an HTTP error
+                first = await self.guard(request, generation.next(), deadline, generation)
+                return EventStream(self.events(generation, shape, first, deadline, ask, options), generation)
+            completion = await self.guard(request, generation.run(), deadline, generation)
+        except ClientGone:
+            generation.close()
+            return Response(status_code=499)
+        except BaseException:
+            generation.close()
+            raise
+        generation.close()
+        reason = finish_reason(completion.finish_reason, completion.output_tokens, options.max_tokens)
+        return JSONResponse(shape.whole(completion.text, reason, completion.logprobs,
+                                        usage(completion.input_tokens, completion.output_tokens)))
+
+    async def events(self, generation: Generation, shape: ChatAnswer | TextAnswer, piece: Piece | None,
+                     deadline: float | None, ask: Ask, options: Options) -> AsyncIterator[bytes]:
+        extra = {"usage": None} if ask.include_usage else {}
+        opened = False
+        try:
+            while piece is not None:
+                if piece.text or piece.logprobs or not opened:
+                    yield sse({**shape.chunk(piece, first=not opened), **extra})
+                    opened = True
+                piece = await self.step(generation, deadline)
+            done = generation.completion
+            reason = finish_reason(done.finish_reason, done.output_tokens, options.max_tokens)
+            tail = sse({**shape.chunk(None, reason), **extra})
+            if ask.include_usage:
+                tail += sse(shape.usage_chunk(usage(done.input_tokens, done.output_tokens)))
+            yield tail + b"data: [DONE]\n\n"
+        except APIError as err:  # after the response started: the error is the stream's last event
+            log.info("%s: %s", generation.name, err.message)
+            yield sse(err.body())
+        finally:
+            generation.close()
+
+    async def ready(self) -> JSONResponse:
+        if self.served is not None and self.upstream is not None and await self.upstream.ready():
+            return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": self.failure or "not ready"}, status_code=503)
+
+    async def prometheus(self) -> Response:
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def api_error(request: Request, err: Exception) -> JSONResponse:
+    assert isinstance(err, APIError)
+    return JSONResponse(err.body(), status_code=err.status,
+                        headers={"WWW-Authenticate": "Bearer"} if err.status == 401 else None)
+
+
+async def http_error(request: Request, err: Exception) -> JSONResponse:
+    """Starlette's own errors (no such route, wrong method) in OpenAI's shape."""
+    assert isinstance(err, HTTPException)
+    return JSONResponse(APIError(err.status_code, str(err.detail)).body(), status_code=err.status_code)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The app; Triton is looked for once it starts (``/health/ready`` says when both are ready)."""
+    front = FrontEnd(settings)
+    app = FastAPI(title="llm-launch OpenAI front end", lifespan=front.lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.front = front
+    handlers: dict[Any, Callable[..., Awaitable[Response]]] = {APIError: api_error, HTTPException: http_error}
+    for kind, handler in handlers.items():
+        app.add_exception_handler(kind, handler)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(front.authorize)])
+    v1.add_api_route("/models", front.models, methods=["GET"])
+    v1.add_api_route("/models/{model_id:path}", front.model, methods=["GET"])
+    v1.add_api_route("/completions", front.completions, methods=["POST"])
+    v1.add_api_route("/chat/completions", front.chat, methods=["POST"])
+    app.include_router(v1)
+    app.add_api_route("/health/ready", front.ready, methods=["GET"])
+    app.add_api_route("/metrics", front.prometheus, methods=["GET"])
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(CountRequests, metrics=front.metrics)
+    return app
