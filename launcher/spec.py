@@ -197,7 +197,7 @@ class BenchSpec:
     concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     input_tokens: int = 128  # synthetic prompt length (fixed seed, no spread)
     output_tokens: int = 64  # tokens asked per request (ignore_eos: every request makes them all)
-    requests: int | None = 16  # per concurrency; null: send for duration_s instead
+    requests: int | None = 8  # per concurrency (raise it for steadier percentiles); null: send for duration_s
     duration_s: float | None = None
     endpoint: str = "chat"  # chat | completions
     seed: int = 0
