@@ -2,7 +2,9 @@
 
 Serving is ``llm-launch action=serve`` itself, in a child process replaying the rendered ``spec.yaml`` on ports
 picked here: the same path a user runs in another shell (Triton, smoke query, OpenAI front end), so nothing of
-serving is copied here. ``bench.url`` attaches to an endpoint that already serves instead.
+serving is copied here. The child renders its own copy into ``output_dir/bench/served`` (a render replaces its
+whole directory: into ``output_dir`` it would remove the bench's files). ``bench.url`` attaches to an endpoint that
+already serves instead.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from launcher.spec import PORT_KEYS, Action, DeploySpec, ServerSpec
 
 BENCH_DIR = "bench"  # under output_dir
 SERVE_LOG = "serve.log"  # what the serving child printed, in the bench dir
+SERVED = "served"  # the serving child's output_dir, in the bench dir
 SERVING_TARGETS = ("local",)  # where action=bench starts the server itself
 READY_MARGIN_S = 120.0  # beyond server.start_timeout_s: the child's own start-up, export check and smoke query
 POLL_S = 0.5
@@ -50,10 +53,12 @@ def bench_dir(output_dir: str | Path) -> Path:
 
 
 def serve_command(output_dir: Path, server: ServerSpec) -> list[str]:
-    """``llm-launch action=serve`` of the spec rendered in ``output_dir``, listening where ``server`` says."""
+    """``llm-launch action=serve`` of the spec rendered in ``output_dir``, listening where ``server`` says, its
+    render in ``output_dir/bench/served``."""
     ports = [f"server.{key}={getattr(server, key)}" for key in PORT_KEYS]
+    served = str((bench_dir(output_dir) / SERVED).resolve()).replace("'", "\\'")
     return [sys.executable, "-m", "launcher.cli", f"--config-dir={output_dir.resolve()}", "--config-name=spec",
-            "action=serve", *ports]
+            "action=serve", f"output_dir='{served}'", *ports]
 
 
 def endpoint(server: ServerSpec) -> str:

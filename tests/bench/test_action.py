@@ -54,50 +54,48 @@ def nothing_left_running(directory: Path) -> None:
     assert not left, left
 
 
-@pytest.mark.integration
-def test_bench_serves_measures_and_stops(tiny: tuple[str, ...], tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    result = run_cli(*tiny, "action=bench", "bench.concurrency=[1,2]", *SHORT, LOOSE_SLA, *FREE_PORTS,
-                     f"output_dir={out}", cwd=tmp_path, env={"COLUMNS": "200"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+def check_bench(out: Path) -> None:
+    """One job's bench: aiperf's numbers, its per-request records, the plots, the served copy and its log."""
     bench = out / "bench"
     summary = load_summary(bench)
-    assert [row.concurrency for row in summary.rows] == [1, 2]
-    for row in summary.rows:
-        exported = json.loads((bench / f"c{row.concurrency}" / "profile_export_aiperf.json").read_text())
-        assert row.requests == exported["request_count"]["avg"] == 2 and row.errors == 0
-        assert row.output_tokens_per_s == exported["output_token_throughput"]["avg"]
-        assert row.itl_p95_ms == exported["inter_token_latency"]["p95"]
-        assert row.goodput == exported["goodput"]["avg"] and row.sla_met
-        assert {r["metrics"]["output_sequence_length"]["value"] for r in map(
-            json.loads, (bench / f"c{row.concurrency}" / "profile_export.jsonl").read_text().splitlines())} == {8}
+    (row,) = summary.rows
+    exported = json.loads((bench / "c2" / "profile_export_aiperf.json").read_text())
+    assert row.concurrency == 2 and row.requests == exported["request_count"]["avg"] == 2 and row.errors == 0
+    assert row.output_tokens_per_s == exported["output_token_throughput"]["avg"]
+    assert row.ttft_p95_ms == exported["time_to_first_token"]["p95"]
+    assert row.itl_p95_ms == exported["inter_token_latency"]["p95"]
+    records = [json.loads(line) for line in (bench / "c2" / "profile_export.jsonl").read_text().splitlines()]
+    assert {r["metrics"]["output_sequence_length"]["value"] for r in records} == {8}
     assert summary.url.startswith("http://127.0.0.1:") and summary.url.endswith("/v1")
     assert all((bench / name).read_bytes().startswith(b"\x89PNG") for name in (THROUGHPUT_VS_TTFT,
                                                                                ITL_VS_CONCURRENCY))
     assert (out / "model_repository").is_dir() and (out / "spec.yaml").is_file()
+    assert (bench / "served" / "model_repository").is_dir() and (bench / "served" / "server.log").is_file()
     serve_log = (bench / "serve.log").read_text()
-    assert "ready in" in serve_log and "SIGTERM" in serve_log  # the child served, then was stopped
-    assert f"serves {summary.url}" in result.stdout and "bench results in" in result.stdout
-    nothing_left_running(tmp_path)
+    assert "ready in" in serve_log and "SIGTERM" in serve_log, serve_log  # the child served, then was stopped
 
 
 @pytest.mark.integration
-def test_two_job_sweep_compares_the_benches(tiny: tuple[str, ...], tmp_path: Path) -> None:
+def test_two_job_sweep_serves_measures_and_compares(tiny: tuple[str, ...], tmp_path: Path) -> None:
+    """Each job serves the tiny model (a child llm-launch action=serve), benches it and stops it; the sweep ends
+    with the two benches side by side."""
     result = run_cli("-m", "backend.max_batch_size=1,4", *tiny, "action=bench", "bench.concurrency=[2]", *SHORT,
                      *FREE_PORTS, "hydra.sweep.dir=sweep", cwd=tmp_path, env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     sweep = tmp_path / "sweep"
-    assert [row["status"] for row in json.loads((sweep / "summary.json").read_text())] == ["ok", "ok"]
+    rows = json.loads((sweep / "summary.json").read_text())
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    for row in rows:
+        check_bench(tmp_path / row["output_dir"])
     with (sweep / "comparison.csv").open() as f:
         lines = list(csv.DictReader(f))
     assert [(line["deployment"], line["concurrency"]) for line in lines] == [
         ("backend.max_batch_size=1", "2"), ("backend.max_batch_size=4", "2")]
-    for line, job in zip(lines, ("0", "1"), strict=True):  # each line is that job's own bench
-        (job_dir,) = sweep.glob(f"{job}-*")
-        assert float(line["ttft_p95_ms"]) == load_summary(job_dir / "bench").rows[0].ttft_p95_ms
+    for line, row in zip(lines, rows, strict=True):  # each line is that job's own bench
+        assert float(line["ttft_p95_ms"]) == load_summary(tmp_path / row["output_dir"] / "bench").rows[0].ttft_p95_ms
     plots = {path.name for path in sweep.glob("compare_*.png")}
     assert plots == {f"compare_{field}.png" for field in COMPARED if field != "goodput"}  # no SLA: no goodput
-    assert "2 deployments" in result.stdout
+    assert "2 deployments" in result.stdout and "serves http://127.0.0.1:" in result.stdout
     nothing_left_running(tmp_path)
 
 
@@ -117,7 +115,7 @@ def test_optuna_search_writes_the_best_spec(tiny: tuple[str, ...], tmp_path: Pat
     scores = [r["goodput_per_unit"] for r in ranking]
     assert scores == sorted(scores, reverse=True)
     best = ranking[0]
-    summary = load_summary(Path(best["output_dir"]) / "bench")
+    summary = load_summary(tmp_path / best["output_dir"] / "bench")
     assert best["goodput"] == summary.rows[0].goodput  # aiperf's number, as the job returned it to Optuna
     optuna = (sweep / "optimization_results.yaml").read_text()
     assert f"best_value: {best['goodput_per_unit']}" in optuna
