@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from launcher.bench import BenchSettings, Summary, compare, load_summary, parse_sla, run  # noqa: E402
 from launcher.bench.action import wait_ready  # noqa: E402
-from launcher.server import TritonProcess, free_ports  # noqa: E402
+from launcher.server import ChildProcess, free_ports  # noqa: E402
 
 TRITON = {"Triton + vLLM": "vllm", "Triton + pytorch": "pytorch"}
 ALONE = "vLLM alone"
@@ -84,7 +84,7 @@ def bench_alone(model_json: dict, settings: BenchSettings, out: Path) -> tuple[S
     print(f"== {ALONE}: {' '.join(command[2:])}", flush=True)
     env = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
     start = time.monotonic()
-    with TritonProcess(command, env, out / "vllm-alone" / "server.log") as server:
+    with ChildProcess(command, env, out / "vllm-alone" / "server.log") as server:
         assert server.process is not None
         ready_s = wait_ready(url, server.process, server.log, READY_TIMEOUT_S)
         print(f"vLLM alone ready after {ready_s:.1f} s", flush=True)

@@ -43,6 +43,16 @@ class DeployPaths:
     def server_log(self) -> Path:
         return self.output_dir / "server.log"
 
+    @property
+    def openai_log(self) -> Path:
+        """The OpenAI front end's log."""
+        return self.output_dir / "openai.log"
+
+    @property
+    def chat_template(self) -> Path:
+        """The copy of ``model.chat_template_file`` the front end reads."""
+        return self.output_dir / "chat_template.jinja"
+
 
 @dataclass
 class Deployment:

@@ -1,9 +1,11 @@
-"""The pipeline: compose -> spec -> inspect -> validate -> plan -> export -> render -> launch."""
+"""The pipeline: compose -> spec -> inspect -> validate -> plan -> export -> render -> launch (action=frontend:
+compose -> spec -> validate -> the OpenAI front end alone)."""
 
 from __future__ import annotations
 
 import shlex
 import time
+from pathlib import Path
 
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -11,7 +13,7 @@ from omegaconf.errors import MissingMandatoryValue
 from launcher import validate
 from launcher.backends import BACKENDS, get_backend
 from launcher.bench.action import problems as bench_problems
-from launcher.deployment import Deployment, resolve
+from launcher.deployment import Deployment, DeployPaths, resolve
 from launcher.errors import LauncherError, Problem, user_error
 from launcher.plan import Outcome, Plan, Step
 from launcher.sizing import estimate
@@ -55,6 +57,8 @@ def spec_yaml(spec: DeploySpec) -> str:
 def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     """Run the composed spec up to its action; raises LauncherError with every problem found."""
     spec = typed_spec(cfg)
+    if spec.action == Action.frontend:
+        return frontend(Deployment(spec, None, None, None, DeployPaths(Path(spec.output_dir)), overrides))
     dep = resolve(spec, overrides)
     spec = dep.spec  # with what the checkpoint decides (model=auto's lengths)
     backend, target = get_backend(spec.backend.name), get_target(spec.target.name)
@@ -63,7 +67,8 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     plan = backend.plan(dep)
     plan.lock.update(dep.lock)
     launch = target.launch(dep, plan, backend)
-    outcome = Outcome(spec, [*plan.steps, render_step(dep), launch.step], plan.placement,
+    outcome = Outcome(spec, [*plan.steps, render_step(dep), launch.step, *filter(None, [launch.frontend])],
+                      plan.placement,
                       estimate=estimate(dep) if dep.arch is not None else None)
     if spec.action == Action.plan:
         return outcome
@@ -95,16 +100,26 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
 def bench(dep: Deployment, plan: Plan) -> None:
     """aiperf against ``bench.url``, or against the rendered spec served by a child ``llm-launch action=serve``."""
     from launcher.bench import action
-    from launcher.server import TritonProcess, resolve_ports
+    from launcher.server import ChildProcess, resolve_ports
 
     if dep.spec.bench.url:
         action.measure(dep.spec, plan.export.directory, dep.spec.bench.url)
         return
     server = resolve_ports(dep.spec.server)
     log = action.bench_dir(dep.paths.output_dir) / action.SERVE_LOG
-    with TritonProcess(action.serve_command(dep.paths.output_dir, server), {}, log) as child:
+    with ChildProcess(action.serve_command(dep.paths.output_dir, server), {}, log) as child:
         assert child.process is not None
         action.measure(dep.spec, plan.export.directory, action.endpoint(server), child.process)
+
+
+def frontend(dep: Deployment) -> Outcome:
+    """action=frontend: no checkpoint, no render; the OpenAI front end in front of ``server.triton_url``."""
+    if found := validate.frontend_problems(dep):
+        raise LauncherError(*found)
+    from launcher.serve import frontend_only
+
+    frontend_only(dep)
+    return Outcome(dep.spec, [])
 
 
 def problems(dep: Deployment) -> list[Problem]:

@@ -92,13 +92,15 @@ class LaunchFile:
 @dataclass(frozen=True)
 class Launch:
     """How the target starts the server(s), computed once per run: the plan step, the files to render,
-    one server argv per rank (rank 0 first), and where clients find the server."""
+    one server argv per rank (rank 0 first), where clients find the server, and the step that starts the
+    OpenAI front end beside it (``server.openai``)."""
 
     step: Step
     files: tuple[LaunchFile, ...]
     ranks: tuple[tuple[str, ...], ...]
     server: ServerSpec
     environment: dict[str, str] = field(default_factory=dict)
+    frontend: Step | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ contract of the pytorch and vllm backends, TensorRT-LLM's llmapi model or its en
 formatted with the tokenizer's chat template here, the same way for every backend (``--tokenizer DIR``, else
 the directory the deployment names in its ``tokenizer_dir`` parameter; ``--raw`` sends the prompt as it is).
 Decoupled (streaming) models are asked over gRPC's bidirectional stream, or Triton's HTTP generate endpoints.
+``--openai`` asks llm-launch's OpenAI front end instead, through the ``openai`` client: chat completions (the front
+end applies the chat template), or completions of the text as it is with ``--raw``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import queue
 import sys
 import time
@@ -25,9 +28,10 @@ from typing import Any
 from launcher.errors import USER_ERROR_EXIT, LauncherError, user_error
 from launcher.interfaces import Completion, Options, ServedModel, chat_prompt, read_generate_json, read_result
 
-DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "openai": 9000}
 EMPTY_ANSWER_EXIT = 1
-__all__ = ["Answer", "Options", "ask", "connect", "main", "prompt_for", "run"]
+OPENAI_KEY_ENV = "OPENAI_API_KEY"  # where the openai client looks for a key by default
+__all__ = ["Answer", "Options", "ask", "ask_openai", "connect", "main", "prompt_for", "run"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,64 @@ def ask(url: str, protocol: str, model: str, prompt: str, options: Options,
         client.close()
 
 
+def openai_base(url: str) -> str:
+    """The API root for ``url`` (``HOST:PORT``, or a whole ``http(s)://.../v1``)."""
+    return url if url.startswith(("http://", "https://")) else f"http://{url}/v1"
+
+
+def ask_openai(url: str, model: str, prompt: str, options: Options, *, chat: bool = True, api_key: str | None = None,
+               on_piece: Callable[[str], None] | None = None, timeout_s: float = 600.0) -> Answer:
+    """Ask ``model`` through an OpenAI-compatible API at ``url`` with the ``openai`` client: ``prompt`` as the
+    user's message of a chat (``chat``; the server applies the chat template), else as text to complete."""
+    import openai
+
+    client = openai.OpenAI(base_url=openai_base(url), api_key=api_key or "none", max_retries=0, timeout=timeout_s)
+    request: dict[str, Any] = {"model": model, "max_tokens": options.max_tokens, "temperature": options.temperature,
+                               "top_p": options.top_p, "stop": list(options.stop) or None, "seed": options.seed}
+    request = {key: value for key, value in request.items() if value is not None}
+    if options.top_k is not None:
+        request["extra_body"] = {"top_k": options.top_k}
+    if options.stream:
+        request |= {"stream": True, "stream_options": {"include_usage": True}}
+    create = client.chat.completions.create if chat else client.completions.create
+    text, reason, usage = "", None, None
+    start = time.perf_counter()
+    try:
+        reply = create(**request, **({"messages": [{"role": "user", "content": prompt}]} if chat else
+                                     {"prompt": prompt}))
+        for chunk in reply if options.stream else [reply]:
+            usage = chunk.usage or usage
+            for choice in chunk.choices:
+                piece = choice.text if not chat else (choice.delta if options.stream else choice.message).content
+                text += piece or ""
+                reason = choice.finish_reason or reason
+                if on_piece and piece:
+                    on_piece(piece)
+    except openai.APITimeoutError:
+        raise timed_out(model, timeout_s) from None
+    except openai.APIConnectionError:
+        raise user_error("--url", f"no OpenAI API answers at {openai_base(url)}",
+                         "start llm-launch (server.openai=true), or pass the front end's --url host:port") from None
+    except openai.APIStatusError as err:
+        key = "--api-key-env" if err.status_code == 401 else "--model"
+        raise user_error(key, f"{openai_base(url)} refused the request ({err.status_code}): {api_message(err)}",
+                         "pass the key's variable with --api-key-env" if err.status_code == 401 else
+                         "check the model id (GET /v1/models) and the sampling options") from None
+    finally:
+        client.close()
+    return Answer(text, time.perf_counter() - start, usage.completion_tokens if usage else None,
+                  usage.prompt_tokens if usage else None, reason)
+
+
+def api_message(err: Any) -> str:
+    """The ``error.message`` of an OpenAI error reply, else its whole body."""
+    body = err.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        return str(inner.get("message", inner) if isinstance(inner, dict) else inner)
+    return str(body or err.message)
+
+
 def prompt_for(url: str, protocol: str, model: str, prompt: str, tokenizer: str | None,
                timeout_s: float = 60.0) -> tuple[str, str | None]:
     """``prompt`` in the chat template of ``tokenizer`` or of the served model's ``tokenizer_dir`` (when that
@@ -196,18 +258,24 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llm-query", description=__doc__.split("\n\n")[0])
     p.add_argument("prompt", help="the question to ask")
     p.add_argument("--url", help="host:port of the server (default 127.0.0.1:8001 for grpc, :8000 for http)")
-    p.add_argument("--protocol", "-i", choices=("grpc", "http"), default="grpc")
+    p.add_argument("--protocol", "-i", choices=tuple(DEFAULT_PORTS), default="grpc",
+                   help="Triton's grpc or http, or openai: llm-launch's OpenAI front end (default :9000)")
+    p.add_argument("--openai", dest="protocol", action="store_const", const="openai",
+                   help="same as --protocol openai")
+    p.add_argument("--api-key-env", default=OPENAI_KEY_ENV, metavar="VAR",
+                   help=f"openai: the variable holding the front end's API key (default {OPENAI_KEY_ENV})")
     p.add_argument("--model", "-m", default="llm", help="served model name (default: llm)")
     p.add_argument("--max-tokens", type=int, default=Options.max_tokens)
     p.add_argument("--temperature", type=float, default=Options.temperature, help="0 = greedy (default)")
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="end the answer before TEXT (repeatable; models of the vLLM interface)")
+                   help="end the answer before TEXT (repeatable)")
     p.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     p.add_argument("--tokenizer", help="tokenizer directory whose chat template formats the prompt "
                    "(default: the served model's tokenizer_dir, when it is on this machine)")
-    p.add_argument("--raw", action="store_true", help="send the prompt as it is, without a chat template")
+    p.add_argument("--raw", action="store_true", help="send the prompt as it is, without a chat template "
+                   "(openai: a completion instead of a chat)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the answer")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (text, latency, token counts, finish reason, tokens/s)")
@@ -218,18 +286,22 @@ def run(argv: list[str] | None = None) -> int:
     """Parse ``argv``, ask, print; raises LauncherError on user errors; 1 for an empty answer."""
     args = parser().parse_args(argv)
     url = args.url or f"127.0.0.1:{DEFAULT_PORTS[args.protocol]}"
-    options = Options(args.max_tokens, args.temperature, args.top_p, args.top_k, args.stream,
-                      {"stop": args.stop} if args.stop else {})
+    options = Options(args.max_tokens, args.temperature, args.top_p, args.top_k, args.stream, stop=tuple(args.stop))
     live = args.stream and not args.json
-    prompt, note = (args.prompt, None) if args.raw else prompt_for(url, args.protocol, args.model, args.prompt,
-                                                                   args.tokenizer, args.timeout)
-    if note:
-        print(f"note: {note}", file=sys.stderr)
 
     def echo(piece: str) -> None:
         print(piece, end="", flush=True)
 
-    answer = ask(url, args.protocol, args.model, prompt, options, echo if live else None, args.timeout)
+    if args.protocol == "openai":
+        answer = ask_openai(url, args.model, args.prompt, options, chat=not args.raw,
+                            api_key=os.environ.get(args.api_key_env), on_piece=echo if live else None,
+                            timeout_s=args.timeout)
+    else:
+        prompt, note = (args.prompt, None) if args.raw else prompt_for(url, args.protocol, args.model, args.prompt,
+                                                                       args.tokenizer, args.timeout)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
+        answer = ask(url, args.protocol, args.model, prompt, options, echo if live else None, args.timeout)
     if args.json:
         print(json.dumps({"model": args.model, "prompt": args.prompt, "text": answer.text,
                           "latency_s": answer.latency_s, "tokens": answer.tokens,

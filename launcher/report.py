@@ -9,6 +9,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from launcher.errors import LauncherError
 from launcher.plan import Outcome
+from launcher.server import openai_url
 from launcher.spec import Action, ServerSpec, to_yaml
 
 if TYPE_CHECKING:
@@ -94,6 +95,10 @@ def print_starting(pid: int, server: ServerSpec, log: Path) -> None:
         f"grpc {server.host}:{server.grpc_port}, metrics {server.host}:{server.metrics_port}; log {log}")
 
 
+def print_frontend_starting(pid: int, url: str, log: Path) -> None:
+    say(f"starting openai front end (pid {pid}): {url}; log {log}")
+
+
 def print_ready(seconds: float) -> None:
     say(f"ready in {seconds:.1f} s")
 
@@ -105,10 +110,26 @@ def print_smoke(prompt: str, answer: Answer) -> None:
     say(f"latency {answer.latency_s:.2f} s{rate}")
 
 
-def print_serving(model: str, server: ServerSpec) -> None:
-    say(f"serving '{model}' until Ctrl-C; try: llm-query --url {server.host}:{server.grpc_port} --model {model} "
-        f"{shlex.quote('What is the capital of France?')}")
+TRY_PROMPT = shlex.quote("What is the capital of France?")
 
 
-def print_stopped(reason: str) -> None:
-    say(f"{reason}: tritonserver stopped")
+def print_serving(model: str, server: ServerSpec, host: str | None = None, until: str = " until Ctrl-C") -> None:
+    """Where clients reach the deployment (``host``: the server's, when it is not ``server.host``)."""
+    host = host or server.host
+    say(f"serving '{model}'{until}; try: llm-query --url {host}:{server.grpc_port} --model {model} {TRY_PROMPT}")
+    if server.openai:
+        print_openai(model, host, server)
+
+
+def print_openai(model: str, host: str, server: ServerSpec) -> None:
+    say(f"openai {openai_url(host, server.openai_port)} (model '{model}'); try: llm-query --openai --url "
+        f"{host}:{server.openai_port} --model {model} {TRY_PROMPT}")
+
+
+def print_frontend_serving(model: str, server: ServerSpec) -> None:
+    say(f"serving '{model}' of the Triton at {server.triton_url} until Ctrl-C")
+    print_openai(model, server.host, server)
+
+
+def print_stopped(reason: str, what: str = "tritonserver") -> None:
+    say(f"{reason}: {what} stopped")

@@ -23,6 +23,7 @@ class Action(Enum):
     render = "render"  # model repository + launch files + spec.yaml + lock.json
     serve = "serve"  # export, render, start, wait until ready, smoke query, keep serving
     smoke = "smoke"  # as serve, then stop after the smoke query
+    frontend = "frontend"  # only the OpenAI front end, in front of a running Triton (server.triton_url)
     bench = "bench"  # serve (or attach to bench.url), measure with aiperf, stop
 
 
@@ -94,6 +95,7 @@ class ModelSpec:
     max_input_len: int | None = 2048  # None: from the checkpoint's positions (model=auto)
     max_output_len: int | None = 512
     chat_template: bool = True  # apply the tokenizer's chat template to prompts
+    chat_template_file: str | None = None  # a Jinja chat template used instead of the tokenizer's
     arch: ModelArch | None = None  # carried by public models so plans work without the weights
     trust_remote_code: bool = False  # let the engine run Python code the checkpoint ships (never by default)
 
@@ -170,7 +172,8 @@ class HostTritonSpec(TargetSpec):
     wheel_dir: str | None = None
 
 
-PORT_KEYS = ("http_port", "grpc_port", "metrics_port")
+PORT_KEYS = ("http_port", "grpc_port", "metrics_port")  # Triton's
+OPENAI_PORT = "openai_port"
 
 
 @dataclass
@@ -181,6 +184,19 @@ class ServerSpec:
     metrics_port: int = 8002
     start_timeout_s: float = 600.0
     log_verbose: int = 0
+    # the OpenAI-compatible front end (python -m launcher.frontend) beside Triton
+    openai: bool = True
+    openai_port: int = 9000
+    openai_api_key_env: str | None = None  # the NAME of the variable holding the API key (never the key)
+    openai_aliases: list[str] = field(default_factory=list)  # more model ids beside model.served_name
+    openai_max_body_bytes: int = 1 << 20
+    openai_request_timeout_s: float = 600.0
+    openai_cors_origins: list[str] = field(default_factory=list)  # browser origins allowed (empty: CORS off)
+    triton_url: str | None = None  # HOST:GRPC_PORT of a running Triton, for action=frontend
+
+    def port_keys(self) -> tuple[str, ...]:
+        """The ports this deployment listens on: Triton's, and the front end's when it runs."""
+        return (*PORT_KEYS, OPENAI_PORT) if self.openai else PORT_KEYS
 
 
 @dataclass

@@ -7,22 +7,28 @@ run before anything is written.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import fields, is_dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from launcher.deployment import Deployment
 from launcher.errors import Problem
 from launcher.sizing import GIB, memory_estimate
-from launcher.spec import PORT_KEYS
+from launcher.spec import Action
 
 Rule = Callable[[Deployment], list[Problem]]
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # Triton's model-name charset, safe as a path component
 MAX_NAME = 128
 HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]+\]?")  # name, IPv4, IPv6
 BREAKS = re.compile(r"[\n\r\x00]")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]*")  # an OpenAI model id (also a URL path: no spaces, ?, #)
+ORIGIN = re.compile(r"\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+HOST_PORT = re.compile(r"(?P<host>[^\s:]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
 MULTILINE_KEYS = {"smoke.prompt"}
 FORMAT_NAMES = {"hf": "Hugging Face", "gguf": "GGUF", "nemo": "NeMo 1.0 .nemo", "nemo2": "NeMo 2.0",
                 "qnemo": ".qnemo (TensorRT-LLM weights)"}
@@ -156,6 +162,7 @@ def positive_sizes(dep: Deployment) -> list[Problem]:
         "model.max_input_len": spec.model.max_input_len,
         "model.max_output_len": spec.model.max_output_len,
         "smoke.max_tokens": spec.smoke.max_tokens,
+        "server.openai_max_body_bytes": spec.server.openai_max_body_bytes,
     }
     problems = [Problem(k, f"must be >= 1, got {v}", f"set {k}=1 or more") for k, v in checks.items()
                 if v is not None and v < 1]  # None lengths come from the checkpoint (lengths_known)
@@ -163,9 +170,10 @@ def positive_sizes(dep: Deployment) -> list[Problem]:
                        ("server.log_verbose", spec.server.log_verbose)):
         if value < 0:
             problems.append(Problem(key, f"must be >= 0, got {value}", f"set {key}=0 or more"))
-    if not spec.server.start_timeout_s > 0:
-        problems.append(Problem("server.start_timeout_s", f"must be > 0, got {spec.server.start_timeout_s}",
-                                "e.g. server.start_timeout_s=600"))
+    for key, value, example in (("server.start_timeout_s", spec.server.start_timeout_s, 600),
+                                ("server.openai_request_timeout_s", spec.server.openai_request_timeout_s, 600)):
+        if not value > 0 or math.isinf(value):
+            problems.append(Problem(key, f"must be > 0, got {value}", f"e.g. {key}={example}"))
     fraction = spec.backend.kv_cache_memory_fraction
     if not 0 < fraction <= 1 or math.isnan(fraction):
         problems.append(Problem("backend.kv_cache_memory_fraction", f"must be in (0, 1], got {fraction}",
@@ -174,9 +182,10 @@ def positive_sizes(dep: Deployment) -> list[Problem]:
 
 
 def ports_in_range(dep: Deployment) -> list[Problem]:
-    """Each port is 0 (pick a free one) or a TCP port, and no two fixed ports are the same."""
+    """Each port is 0 (pick a free one) or a TCP port, and no two fixed ports are the same (the front end's
+    too, while it runs)."""
     server = dep.spec.server
-    ports = {f"server.{key}": getattr(server, key) for key in PORT_KEYS}
+    ports = {f"server.{key}": getattr(server, key) for key in server.port_keys()}
     problems = [Problem(key, f"{port} is not a TCP port (0-65535)", f"set {key}=<port>, or 0 to pick a free one")
                 for key, port in ports.items() if not 0 <= port <= 65535]
     seen: dict[int, str] = {}
@@ -206,6 +215,68 @@ def names_are_path_components(dep: Deployment) -> list[Problem]:
             if not (NAME.fullmatch(value) and len(value) <= MAX_NAME) and not BREAKS.search(value)]
 
 
+def openai_settings(dep: Deployment) -> list[Problem]:
+    """The front end's keys: the API key's variable is a name (the key itself is never in the spec), model ids
+    and CORS origins are what OpenAI clients and browsers send."""
+    server, found = dep.spec.server, []
+    name = server.openai_api_key_env
+    if name is not None and not ENV_NAME.fullmatch(name):
+        found.append(Problem("server.openai_api_key_env", f"'{name}' is not an environment variable name",
+                             "name the variable that holds the key, e.g. server.openai_api_key_env=OPENAI_API_KEY "
+                             "(never the key itself)"))
+    ids = [dep.spec.model.served_name]
+    for index, alias in enumerate(server.openai_aliases):
+        key = f"server.openai_aliases[{index}]"
+        if not (MODEL_ID.fullmatch(alias) and len(alias) <= 256) and not BREAKS.search(alias):
+            found.append(Problem(key, f"'{alias}' is not a model id (letters, digits and _ . : / @ + -, starting "
+                                 "with a letter or digit)", f"set {key}=<such an id>"))
+        elif alias in ids:
+            found.append(Problem(key, f"'{alias}' is already a model id (model.served_name or an earlier alias)",
+                                 "list each id once"))
+        ids.append(alias)
+    for index, origin in enumerate(server.openai_cors_origins):
+        key = f"server.openai_cors_origins[{index}]"
+        if not ORIGIN.fullmatch(origin) and not BREAKS.search(origin):
+            found.append(Problem(key, f"'{origin}' is not a browser origin", "e.g. https://app.example.com or "
+                                 "http://localhost:3000 (scheme://host[:port], no path), or * for any"))
+    return found
+
+
+def openai_key_set(dep: Deployment) -> list[Problem]:
+    """Serving here with an API key: the variable must hold one (the front end and the smoke query read it)."""
+    spec, name = dep.spec, dep.spec.server.openai_api_key_env
+    running = spec.action == Action.frontend or (spec.server.openai and spec.action in (Action.serve, Action.smoke))
+    if not running or name is None or not ENV_NAME.fullmatch(name) or os.environ.get(name, "").strip():
+        return []
+    return [Problem("server.openai_api_key_env", f"the variable {name} is not set (or empty)",
+                    f"export {name}=<the API key> before starting, or leave server.openai_api_key_env unset")]
+
+
+def chat_template_readable(dep: Deployment) -> list[Problem]:
+    """``model.chat_template_file`` is a text file here (it is copied into the render, or read by action=frontend)."""
+    path = dep.spec.model.chat_template_file
+    if path is None:
+        return []
+    try:
+        Path(path).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        why = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else err.strerror or str(err)
+        return [Problem("model.chat_template_file", f"cannot read '{path}': {why}",
+                        "point it at a Jinja chat template file, or leave it unset (the tokenizer's own)")]
+    return []
+
+
+def triton_url_given(dep: Deployment) -> list[Problem]:
+    """action=frontend needs ``server.triton_url`` = HOST:GRPC_PORT of a running Triton."""
+    url = dep.spec.server.triton_url
+    match = HOST_PORT.fullmatch(url or "")
+    if match and HOST.fullmatch(match["host"]) and 0 < int(match["port"]) <= 65535:
+        return []
+    return [Problem("server.triton_url", f"'{url}' is not HOST:GRPC_PORT" if url else
+                    "is not set; action=frontend starts the front end in front of a running Triton",
+                    "e.g. server.triton_url=127.0.0.1:8001 (Triton's gRPC port)")]
+
+
 def no_line_breaks(dep: Deployment) -> list[Problem]:
     """Spec strings reach shell scripts, #SBATCH lines, pbtxt and YAML: a line break or NUL in one could
     end a line (or a comment) there, so none may hold one (the smoke prompt, which only a client sends, aside)."""
@@ -232,7 +303,7 @@ def strings(value: Any, key: str = "") -> Iterator[tuple[str, str]]:
 
 
 SPEC_RULES: tuple[Rule, ...] = (positive_sizes, ports_in_range, host_is_an_address, names_are_path_components,
-                                no_line_breaks)
+                                openai_settings, no_line_breaks)
 
 RULES: tuple[Rule, ...] = (
     checkpoint_available,
@@ -245,6 +316,8 @@ RULES: tuple[Rule, ...] = (
     pipeline_divides_layers,
     sequence_fits_model,
     memory_fits,
+    chat_template_readable,
+    openai_key_set,
 )
 
 
@@ -257,6 +330,12 @@ def spec_problems(dep: Deployment) -> list[Problem]:
 def problems(dep: Deployment) -> list[Problem]:
     """Every problem the generic rules find (the pipeline adds the backend's and the target's own)."""
     return spec_problems(dep) or [p for rule in RULES for p in rule(dep)]
+
+
+def frontend_problems(dep: Deployment) -> list[Problem]:
+    """action=frontend's problems: the spec's values, the Triton to front, the template, the API key."""
+    return spec_problems(dep) or [p for rule in (triton_url_given, chat_template_readable, openai_key_set)
+                                  for p in rule(dep)]
 
 
 def checkpoint_readable(dep: Deployment, backend: str, readers: Mapping[str, Mapping[str, str]]) -> list[Problem]:

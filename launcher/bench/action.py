@@ -9,7 +9,7 @@ already serves instead.
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +19,7 @@ from launcher.bench.runner import run
 from launcher.bench.settings import BenchSettings
 from launcher.bench.summary import Summary
 from launcher.errors import LauncherError, Problem, user_error
-from launcher.spec import PORT_KEYS, Action, DeploySpec, ServerSpec
+from launcher.spec import Action, DeploySpec, ServerSpec
 
 BENCH_DIR = "bench"  # under output_dir
 SERVE_LOG = "serve.log"  # what the serving child printed, in the bench dir
@@ -41,11 +41,26 @@ def problems(spec: DeploySpec) -> list[Problem]:
         found = list(err.problems)
     else:
         found = []
-    if not spec.bench.url and spec.target.name not in SERVING_TARGETS:
+    key_env = spec.server.openai_api_key_env
+    if key_env and not api_key(spec):
+        found.append(Problem("server.openai_api_key_env", f"the variable {key_env} is not set (or empty), and "
+                             "aiperf needs the front end's key", f"export {key_env}=<the key>"))
+    if spec.bench.url:
+        return found
+    if spec.target.name not in SERVING_TARGETS:
         found.append(Problem("bench.url", f"action=bench serves the spec itself only with target=local, not "
                              f"target={spec.target.name}", "serve it there (action=serve) and bench its OpenAI "
                              "endpoint: bench.url=http://<host>:<port>/v1"))
+    if not spec.server.openai:
+        found.append(Problem("server.openai", "is false, but action=bench measures the OpenAI front end",
+                             "drop server.openai=false, or bench another endpoint with bench.url=..."))
     return found
+
+
+def api_key(spec: DeploySpec) -> str | None:
+    """The front end's API key, from the variable ``server.openai_api_key_env`` names (None without one)."""
+    key_env = spec.server.openai_api_key_env
+    return (os.environ.get(key_env, "").strip() or None) if key_env else None
 
 
 def bench_dir(output_dir: str | Path) -> Path:
@@ -55,7 +70,7 @@ def bench_dir(output_dir: str | Path) -> Path:
 def serve_command(output_dir: Path, server: ServerSpec) -> list[str]:
     """``llm-launch action=serve`` of the spec rendered in ``output_dir``, listening where ``server`` says, its
     render in ``output_dir/bench/served``."""
-    ports = [f"server.{key}={getattr(server, key)}" for key in PORT_KEYS]
+    ports = [f"server.{key}={getattr(server, key)}" for key in server.port_keys()]
     served = str((bench_dir(output_dir) / SERVED).resolve()).replace("'", "\\'")
     return [sys.executable, "-m", "launcher.cli", f"--config-dir={output_dir.resolve()}", "--config-name=spec",
             "action=serve", f"output_dir='{served}'", *ports]
@@ -68,11 +83,13 @@ def endpoint(server: ServerSpec) -> str:
 
 
 def wait_ready(url: str, serving: subprocess.Popen[bytes], log: Path, timeout_s: float) -> float:
-    """Poll ``url``'s model listing until it answers; seconds waited. Fails when the child exits first."""
+    """Poll the front end's ``/health/ready`` (200 once Triton is ready too) beside ``url`` (its ``/v1``) until it
+    answers; seconds waited. Fails when the serving child exits first."""
     import urllib.error
     import urllib.request
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    ready = url.rstrip("/").removesuffix("/v1") + "/health/ready"
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         status = serving.poll()
@@ -80,10 +97,9 @@ def wait_ready(url: str, serving: subprocess.Popen[bytes], log: Path, timeout_s:
             raise user_error("action=bench", f"the deployment stopped while starting (status {status}); its last "
                              f"lines:\n{log_tail(log)}", f"fix what {log} reports")
         try:
-            with opener.open(url.rstrip("/") + "/models", timeout=2) as response:
-                json.loads(response.read())
+            with opener.open(ready, timeout=2):
                 return time.monotonic() - start
-        except (urllib.error.URLError, OSError, ValueError):
+        except (urllib.error.URLError, OSError):
             time.sleep(POLL_S)
     raise user_error("server.start_timeout_s", f"no OpenAI endpoint at {url} after {timeout_s:g} s",
                      f"raise server.start_timeout_s, or read {log}")
@@ -111,4 +127,4 @@ def measure(spec: DeploySpec, tokenizer_dir: Path, url: str, serving: subprocess
             ready_s = wait_ready(url, serving, log, spec.server.start_timeout_s + READY_MARGIN_S)
         console.print(f"{spec.name} serves {url} after {ready_s:.1f} s", markup=False)
     return run(url, spec.model.served_name, tokenizer_dir, BenchSettings.from_spec(spec.bench), out_dir,
-               name=spec.name, console=console)
+               name=spec.name, console=console, api_key=api_key(spec))

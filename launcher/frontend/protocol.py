@@ -9,6 +9,7 @@ as vLLM's OpenAI server takes them (extensions, sent with the openai client's ``
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -25,6 +26,9 @@ HARMLESS = {"user", "metadata", "store", "service_tier", "prompt_cache_key", "sa
 REFUSED = {"tools": None, "tool_choice": "none", "functions": None, "function_call": "none", "logit_bias": {},
            "audio": None, "modalities": ["text"], "prediction": None, "web_search_options": None,
            "reasoning_effort": None, "verbosity": None, "best_of": 1, "echo": False, "suffix": ""}
+
+
+UNION_TAG = re.compile(r"^(str|int|float|bool|none|[A-Z]\w*|(list|dict|function-\w+)\[.*\])$")
 
 
 class APIError(Exception):
@@ -136,8 +140,9 @@ def parse(kind: type[Sampling], body: Any) -> Ask:
     try:
         request = kind.model_validate(body)
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or None
+        # the branch of a union that got furthest says most; its tag ("str", "list[TextPart]") is no field
+        first = max(err.errors(), key=lambda error: len(error["loc"]))
+        where = ".".join(str(part) for part in first["loc"] if not UNION_TAG.match(str(part))) or None
         raise APIError(400, f"{where}: {first['msg']}" if where else first["msg"], param=where) from None
     for name, value in (request.model_extra or {}).items():
         if name in HARMLESS:

@@ -1,17 +1,21 @@
-"""What several targets share: how ranks start, shell words, fixed ports, NVIDIA's container image, and
-this machine's ``tritonserver`` (local, and Slurm without a container)."""
+"""What several targets share: how ranks start, shell words, fixed ports, NVIDIA's container image, the
+OpenAI front end beside the server, and this machine's ``tritonserver`` (local, and Slurm without a container)."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
+from pathlib import Path
 
 from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import Problem
-from launcher.plan import LaunchFile, ServerCommand
-from launcher.spec import PORT_KEYS, Action, ContainerTargetSpec, HostTritonSpec
+from launcher.plan import LaunchFile, Plan, ServerCommand, Step
+from launcher.server import frontend_command, openai_url
+from launcher.spec import Action, ContainerTargetSpec, HostTritonSpec
 
 ALL_INTERFACES = "0.0.0.0"  # inside a container or on a cluster node the server listens on every interface
+LAUNCH_TEMPLATE = "targets/launch.sh.j2"  # launch.sh of the local and docker targets
 
 
 def mpirun(ranks: list[list[str]]) -> list[str]:
@@ -29,7 +33,7 @@ def fixed_ports(dep: Deployment) -> list[Problem]:
     """Ports are fixed when the launch files are written for another host: ``0`` (pick one) cannot be."""
     return [Problem(f"server.{key}", f"0 (pick a free port) needs the server on this machine; "
                     f"target={dep.spec.target.name} fixes ports when rendering", f"set server.{key}=<port>")
-            for key in PORT_KEYS if getattr(dep.spec.server, key) == 0]
+            for key in dep.spec.server.port_keys() if getattr(dep.spec.server, key) == 0]
 
 
 def container_tag(dep: Deployment, backend: Backend) -> str:
@@ -51,6 +55,29 @@ def container_command(dep: Deployment, repository: str) -> ServerCommand:
     server = dep.spec.server
     return ServerCommand("tritonserver", repository, ALL_INTERFACES, str(server.http_port), str(server.grpc_port),
                          str(server.metrics_port))
+
+
+# --------------------------------------------------------------------------------- the OpenAI front end
+def frontend_step(dep: Deployment, plan: Plan, *, triton: str, host: str, port: str, python: str = sys.executable,
+                  where: str = "here", beside: str = "beside Triton") -> Step | None:
+    """The step that starts the OpenAI front end in front of the Triton at ``triton`` (HOST:GRPC_PORT),
+    listening on ``host:port``, with the export's tokenizer and the render's copy of ``model.chat_template_file``;
+    None with ``server.openai=false``. ``python`` runs ``-m launcher.frontend`` (default: the launcher's own)."""
+    if not dep.spec.server.openai:
+        return None
+    template = str(dep.paths.chat_template.resolve()) if dep.spec.model.chat_template_file else None
+    command = frontend_command(dep.spec, triton=triton, host=host, port=port, python=python,
+                               tokenizer=str(plan.export.directory.expanduser().resolve()), chat_template=template)
+    return Step("launch", f"start the OpenAI front end on {openai_url(host, port)} {beside}", tuple(command),
+                where=where)
+
+
+def chat_template_files(dep: Deployment) -> list[LaunchFile]:
+    """The render's copy of ``model.chat_template_file``, which the front end reads (digested in lock.json)."""
+    source = dep.spec.model.chat_template_file
+    if not source:
+        return []
+    return [LaunchFile(dep.paths.chat_template.name, source=Path(source).expanduser())]
 
 
 # ------------------------------------------------------------------------ this machine's tritonserver

@@ -8,8 +8,17 @@ from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import Problem, user_error
 from launcher.plan import Launch, LaunchFile, Plan, Step
+from launcher.server import client_host
 from launcher.spec import PORT_KEYS, ContainerTargetSpec
-from launcher.targets.common import container_command, container_image, fixed_ports, mpirun
+from launcher.targets.common import (
+    LAUNCH_TEMPLATE,
+    chat_template_files,
+    container_command,
+    container_image,
+    fixed_ports,
+    frontend_step,
+    mpirun,
+)
 
 REPOSITORY_MOUNT = "/triton/model_repository"
 LAUNCH_FILE = "launch.sh"
@@ -52,14 +61,22 @@ class DockerTarget:
         return fixed_ports(dep)
 
     def launch(self, dep: Deployment, plan: Plan, backend: Backend) -> Launch:
+        """The container's ``docker run``, and the OpenAI front end beside it on this host (the launcher's
+        Python), in front of the ports the container publishes."""
         image = container_image(dep, backend)
         ranks = backend.server_ranks(dep, plan, container_command(dep, REPOSITORY_MOUNT))
         command = docker_command(dep, plan, image, ranks)
-        script = LaunchFile(LAUNCH_FILE, "targets/docker/launch.sh.j2",
-                            {"spec": dep.spec, "image": image, "command": command}, executable=True)
+        server = dep.spec.server
+        frontend = frontend_step(dep, plan, triton=f"{client_host(server.host)}:{server.grpc_port}", host=server.host,
+                                 port=str(server.openai_port), where="target host",
+                                 beside="on the host, beside the container")
+        script = LaunchFile(LAUNCH_FILE, LAUNCH_TEMPLATE, {
+            "spec": dep.spec, "image": image, "command": command, "env": {},
+            "frontend": frontend.command if frontend else None, "openai_log": str(dep.paths.openai_log.resolve())},
+            executable=True)
         step = Step("launch", f"run {image} with the repository mounted read-only", tuple(command),
                     where="target host")
-        return Launch(step, (script,), tuple(map(tuple, ranks)), dep.spec.server)
+        return Launch(step, (script, *chat_template_files(dep)), tuple(map(tuple, ranks)), server, frontend=frontend)
 
     def run(self, dep: Deployment, plan: Plan, backend: Backend, launch: Launch) -> None:
         raise user_error("target", "action=serve with target=docker is not available here (no Docker engine)",

@@ -3,7 +3,9 @@ against the Kubernetes schema (``kubernetes-validate``, offline) before they are
 
 The repository and the export live on a PersistentVolumeClaim (``target.repository_pvc``) at the same
 paths as on the machine that rendered them (relative to the volume's root), so every path the
-repository holds stays valid inside the pod.
+repository holds stays valid inside the pod. The OpenAI front end (``server.openai``) is the pod's second
+container (``target.openai_image``), in front of Triton's gRPC port on the pod's loopback, with its own port
+on the Service and probes on ``/health/ready``; its API key comes from a Secret, never from the manifest.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from launcher.backends.base import Backend
@@ -20,10 +23,20 @@ from launcher.errors import Problem, user_error
 from launcher.plan import Launch, LaunchFile, Plan, Step
 from launcher.sizing import GIB, memory_estimate
 from launcher.spec import ContainerTargetSpec
-from launcher.targets.common import container_command, container_image, fixed_ports, mpirun
+from launcher.targets.common import (
+    ALL_INTERFACES,
+    chat_template_files,
+    container_command,
+    container_image,
+    fixed_ports,
+    frontend_step,
+    mpirun,
+)
 
 MANIFESTS = "k8s.yaml"
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # a Secret's name
+FRONTEND_RESOURCES = {"requests": {"cpu": "1", "memory": "2Gi"}}  # the tokenizer and the HTTP server
 HOST_OVERHEAD_GIB = 4  # Triton, the Python-backend stubs and the tokenizer, beside the weights
 
 
@@ -43,6 +56,9 @@ class K8sTargetSpec(ContainerTargetSpec):
     shm_size: str = "2Gi"  # /dev/shm (a memory-backed emptyDir): the Python backend passes tensors through it
     pod: dict[str, Any] = field(default_factory=dict)  # added to the pod spec: nodeSelector, tolerations, ...
     kubernetes_version: str = "1.30"  # the schema the manifests are validated against
+    # the OpenAI front end's container: an image with llm-launch[serve] installed (python3 -m launcher.frontend)
+    openai_image: str = "llm-launch:0.1.0"
+    openai_api_key_secret: str | None = None  # the Secret holding server.openai_api_key_env's key (None: <name>-openai)
 
 
 def resource_name(dep: Deployment) -> str:
@@ -63,7 +79,16 @@ def problems(dep: Deployment) -> list[Problem]:
     if not resource_name(dep):
         found.append(Problem("name", f"'{spec.name}' leaves no letter or digit for a Kubernetes name",
                              "set name=<letters, digits and '-'>"))
+    secret = target.openai_api_key_secret
+    if secret is not None and not (DNS_SUBDOMAIN.fullmatch(secret) and len(secret) <= 253):
+        found.append(Problem("target.openai_api_key_secret", f"'{secret}' is not a Kubernetes Secret name",
+                             "use lower-case letters, digits, '-' and '.' (at most 253)"))
     return found
+
+
+def api_key_secret(dep: Deployment) -> str:
+    """The Secret that holds the front end's API key (under the variable's name)."""
+    return dep.spec.target.openai_api_key_secret or f"{resource_name(dep)}-openai"
 
 
 def resources(dep: Deployment) -> dict[str, Any]:
@@ -80,25 +105,55 @@ def resources(dep: Deployment) -> dict[str, Any]:
     return {"requests": {**requests, **gpus}, "limits": gpus}
 
 
+def model_mount(path: Path) -> dict[str, Any]:
+    """``path`` of the PVC, read-only at its own path in a container."""
+    where = str(path.expanduser().resolve())
+    return {"name": "models", "mountPath": where, "subPath": where.lstrip("/"), "readOnly": True}
+
+
 def volumes(dep: Deployment, plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Pod volumes and the container's mounts: the PVC at the repository's and the export's own paths."""
     target = dep.spec.target
-    paths = [str(dep.paths.repository.resolve()), str(plan.export.directory.expanduser().resolve())]
-    mounts = [{"name": "models", "mountPath": path, "subPath": path.lstrip("/"), "readOnly": True}
-              for path in paths]
-    mounts.append({"name": "shm", "mountPath": "/dev/shm"})
+    mounts = [model_mount(dep.paths.repository), model_mount(plan.export.directory), {"name": "shm",
+                                                                                    "mountPath": "/dev/shm"}]
     pod_volumes = [{"name": "models", "persistentVolumeClaim": {"claimName": target.repository_pvc,
                                                                 "readOnly": True}},
                    {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": target.shm_size}}]
     return pod_volumes, mounts
 
 
-def manifests(dep: Deployment, plan: Plan, image: str, command: list[str]) -> list[dict[str, Any]]:
+def probes(port: str, path: str, live: str, start_timeout_s: float) -> dict[str, Any]:
+    """Startup (for as long as ``server.start_timeout_s``), readiness and liveness probes of one container."""
+    probe = {"periodSeconds": 10, "timeoutSeconds": 5}
+    return {"startupProbe": {**probe, "httpGet": {"path": path, "port": port},
+                             "failureThreshold": math.ceil(start_timeout_s / probe["periodSeconds"])},
+            "readinessProbe": {**probe, "httpGet": {"path": path, "port": port}},
+            "livenessProbe": {**probe, "httpGet": {"path": live, "port": port}, "failureThreshold": 3}}
+
+
+def frontend_container(dep: Deployment, plan: Plan, command: tuple[str, ...]) -> dict[str, Any]:
+    """The OpenAI front end beside Triton: the export's tokenizer (and the chat template) mounted read-only, the
+    API key from its Secret by the variable's name."""
+    server = dep.spec.server
+    mounts = [model_mount(plan.export.directory)]
+    if dep.spec.model.chat_template_file:
+        mounts.append(model_mount(dep.paths.chat_template))
+    container: dict[str, Any] = {"name": "openai", "image": dep.spec.target.openai_image,
+                                 "command": list(command[:3]), "args": list(command[3:]),
+                                 "ports": [{"name": "openai", "containerPort": server.openai_port}]}
+    if server.openai_api_key_env:
+        container["env"] = [{"name": server.openai_api_key_env, "valueFrom": {"secretKeyRef": {
+            "name": api_key_secret(dep), "key": server.openai_api_key_env}}}]
+    return {**container, "resources": FRONTEND_RESOURCES,
+            **probes("openai", "/health/ready", "/health/ready", server.start_timeout_s), "volumeMounts": mounts}
+
+
+def manifests(dep: Deployment, plan: Plan, image: str, command: list[str],
+              frontend: tuple[str, ...] | None) -> list[dict[str, Any]]:
     target, server = dep.spec.target, dep.spec.server
     name = resource_name(dep)
     labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "llm-launch"}
     pod_volumes, mounts = volumes(dep, plan)
-    probe = {"periodSeconds": 10, "timeoutSeconds": 5}
     container = {
         "name": "triton",
         "image": image,
@@ -108,12 +163,10 @@ def manifests(dep: Deployment, plan: Plan, image: str, command: list[str]) -> li
                   {"name": "grpc", "containerPort": server.grpc_port},
                   {"name": "metrics", "containerPort": server.metrics_port}],
         "resources": resources(dep),
-        "startupProbe": {**probe, "httpGet": {"path": "/v2/health/ready", "port": "http"},
-                         "failureThreshold": math.ceil(server.start_timeout_s / probe["periodSeconds"])},
-        "readinessProbe": {**probe, "httpGet": {"path": "/v2/health/ready", "port": "http"}},
-        "livenessProbe": {**probe, "httpGet": {"path": "/v2/health/live", "port": "http"}, "failureThreshold": 3},
+        **probes("http", "/v2/health/ready", "/v2/health/live", server.start_timeout_s),
         "volumeMounts": mounts,
     }
+    containers = [container, *([frontend_container(dep, plan, frontend)] if frontend else [])]
     metadata = {"name": name, "namespace": target.namespace, "labels": labels}
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata,
@@ -121,14 +174,14 @@ def manifests(dep: Deployment, plan: Plan, image: str, command: list[str]) -> li
             "replicas": target.replicas,
             "selector": {"matchLabels": labels},
             "template": {"metadata": {"labels": labels},
-                         "spec": {"containers": [container], "volumes": pod_volumes, **target.pod}},
+                         "spec": {"containers": containers, "volumes": pod_volumes, **target.pod}},
         },
     }
     service = {
         "apiVersion": "v1", "kind": "Service", "metadata": metadata,
         "spec": {"type": target.service_type.value, "selector": labels,
                  "ports": [{"name": p["name"], "port": p["containerPort"], "targetPort": p["name"]}
-                           for p in container["ports"]]},
+                           for c in containers for p in c["ports"]]},
     }
     return [deployment, service]
 
@@ -157,7 +210,8 @@ def validate(dep: Deployment, manifest: dict[str, Any]) -> None:
                          ) from None
 
 
-def manifests_yaml(dep: Deployment, plan: Plan, image: str, command: list[str]) -> str:
+def manifests_yaml(dep: Deployment, plan: Plan, image: str, command: list[str],
+                   frontend: tuple[str, ...] | None) -> str:
     """The validated manifests as YAML documents (shared label maps written out, not as anchors)."""
     import yaml
 
@@ -165,7 +219,7 @@ def manifests_yaml(dep: Deployment, plan: Plan, image: str, command: list[str]) 
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
-    documents = manifests(dep, plan, image, command)
+    documents = manifests(dep, plan, image, command, frontend)
     for manifest in documents:
         validate(dep, manifest)
     return yaml.dump_all(documents, Dumper=Dumper, sort_keys=False)
@@ -182,11 +236,21 @@ class K8sTarget:
         image = container_image(dep, backend)
         ranks = backend.server_ranks(dep, plan, container_command(dep, str(dep.paths.repository.resolve())))
         command = mpirun(ranks)
-        manifest = LaunchFile(MANIFESTS, text=manifests_yaml(dep, plan, image, command))
-        step = Step("launch", f"copy the repository and the export onto PVC {dep.spec.target.repository_pvc} "
-                    "at their own paths, then apply the manifests",
+        server = dep.spec.server
+        frontend = frontend_step(dep, plan, triton=f"127.0.0.1:{server.grpc_port}", host=ALL_INTERFACES,
+                                 port=str(server.openai_port), python="python3", where="cluster",
+                                 beside=f"in the pod's second container ({dep.spec.target.openai_image})")
+        manifest = LaunchFile(MANIFESTS, text=manifests_yaml(dep, plan, image, command,
+                                                             frontend.command if frontend else None))
+        extra = " and chat_template.jinja" if dep.spec.model.chat_template_file else ""
+        secret = (f"; the front end's API key: kubectl create secret generic {api_key_secret(dep)} "
+                  f"--from-literal={server.openai_api_key_env}=<key>" if frontend and server.openai_api_key_env
+                  else "")
+        step = Step("launch", f"copy the repository{extra} and the export onto PVC {dep.spec.target.repository_pvc} "
+                    f"at their own paths, then apply the manifests{secret}",
                     ("kubectl", "apply", "-f", str(dep.paths.output_dir.resolve() / MANIFESTS)), where="cluster")
-        return Launch(step, (manifest,), tuple(map(tuple, ranks)), dep.spec.server)
+        return Launch(step, (manifest, *chat_template_files(dep)), tuple(map(tuple, ranks)), server,
+                      frontend=frontend)
 
     def run(self, dep: Deployment, plan: Plan, backend: Backend, launch: Launch) -> None:
         raise user_error("target", "action=serve with target=k8s is not available here",

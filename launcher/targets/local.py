@@ -8,9 +8,12 @@ from launcher.backends.base import Backend
 from launcher.deployment import Deployment
 from launcher.errors import Problem
 from launcher.plan import Launch, LaunchFile, Plan, Step
-from launcher.server import resolve_ports
+from launcher.server import client_host, resolve_ports
 from launcher.spec import Action, HostTritonSpec
 from launcher.targets.common import (
+    LAUNCH_TEMPLATE,
+    chat_template_files,
+    frontend_step,
     host_backend_files,
     host_command,
     host_serving_problems,
@@ -61,22 +64,28 @@ class LocalTarget:
         ranks = backend.server_ranks(dep, plan, host_command(dep, server.host, ports))
         command = mpirun(ranks)
         env = serving_environment(dep, build=False)
-        script = LaunchFile(LAUNCH_FILE, "targets/local/launch.sh.j2",
-                            {"spec": dep.spec, "command": command, "env": env}, executable=True)
+        frontend = frontend_step(dep, plan, triton=f"{client_host(server.host)}:{server.grpc_port}", host=server.host,
+                                 port=str(server.openai_port))
+        script = LaunchFile(LAUNCH_FILE, LAUNCH_TEMPLATE, {
+            "spec": dep.spec, "image": None, "command": command, "env": env,
+            "frontend": frontend.command if frontend else None, "openai_log": str(dep.paths.openai_log.resolve())},
+            executable=True)
         step = Step("launch", f"start tritonserver locally, log to {dep.paths.server_log}", tuple(command))
-        return Launch(step, (script, *host_backend_files(dep, backend)), tuple(map(tuple, ranks)), server, env)
+        return Launch(step, (script, *host_backend_files(dep, backend), *chat_template_files(dep)),
+                      tuple(map(tuple, ranks)), server, env, frontend)
 
     def run(self, dep: Deployment, plan: Plan, backend: Backend, launch: Launch) -> None:
-        """Start the rendered deployment (its backends/ directory came with the render)."""
-        from launcher.serve import serve, smoke_prompt
-        from launcher.server import TritonProcess
+        """Start the rendered deployment (its backends/ directory came with the render) and its front end."""
+        from launcher.serve import serve
+        from launcher.server import FrontendProcess, TritonProcess
         from launcher.triton import find_triton, require_triton
 
         require_triton(find_triton(dep.spec.target.tritonserver))
         env = serving_environment(dep, build=True)
         dep = replace(dep, spec=replace(dep.spec, server=launch.server))
-        serve(dep, TritonProcess(list(launch.step.command), env, dep.paths.server_log),
-              smoke_prompt(dep, plan))
+        frontend = FrontendProcess(list(launch.frontend.command), {}, dep.paths.openai_log) if launch.frontend \
+            else None
+        serve(dep, TritonProcess(list(launch.step.command), env, dep.paths.server_log), frontend, plan)
 
 
 TARGET = LocalTarget()

@@ -5,7 +5,9 @@ Without ``target.container_image`` the job starts this machine's ``tritonserver`
 target does (same command, environment and backend directory; the output directory must be on a
 filesystem the nodes share). With it, pyxis runs that container with the repository and the export
 mounted read-only at their own paths. Several ranks (the backend's per-rank argv) are one ``srun`` task
-per GPU rank, each running its own line of ``ranks.sh`` (selected by ``SLURM_PROCID``).
+per GPU rank, each running its own line of ``ranks.sh`` (selected by ``SLURM_PROCID``). The OpenAI front end
+(``server.openai``) runs on the job's first node beside the rank-0 server, from the launcher's Python (on the
+shared filesystem too), and its log goes to ``output_dir/openai.log``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from launcher.server import log_tail, sigterm_as_interrupt
 from launcher.spec import PORT_KEYS, Action, HostTritonSpec, ServerSpec
 from launcher.targets.common import (
     ALL_INTERFACES,
+    chat_template_files,
+    frontend_step,
     host_backend_files,
     host_command,
     host_serving_problems,
@@ -36,8 +40,8 @@ JOB_FILE = "job.sbatch"
 RANKS_FILE = "ranks.sh"
 POLL_S = 0.25
 # the job prints these lines (templates/targets/slurm/job.sbatch.j2); the launcher reads them back
-ADDRESS_LINE = re.compile(r"^llm-launch: job=\S+ node=(\S+) http_port=(\d+) grpc_port=(\d+) metrics_port=(\d+)$",
-                          re.MULTILINE)
+ADDRESS_LINE = re.compile(r"^llm-launch: job=\S+ node=(\S+) http_port=(\d+) grpc_port=(\d+) metrics_port=(\d+)"
+                          r"(?: openai_port=(\d+))?$", re.MULTILINE)
 READY_LINE = re.compile(r"^llm-launch: ready after", re.MULTILINE)
 # one line of Python each, run by the job with the node's python3: free ports (0 = pick), readiness
 PICK_PORTS = ('import socket,sys;s=[socket.socket() for _ in sys.argv[1:]];[x.bind(("",0)) for x in s];'
@@ -45,7 +49,7 @@ PICK_PORTS = ('import socket,sys;s=[socket.socket() for _ in sys.argv[1:]];[x.bi
 PROBE = "import sys,urllib.request;urllib.request.urlopen(sys.argv[1],timeout=2)"
 ENDED = ("BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
          "TIMEOUT", "GONE")
-PORT_VARIABLES = PORT_KEYS  # the job script's shell variables holding the ports it picked
+PORT_VARIABLES = (*PORT_KEYS, "openai_port")  # the job script's shell variables holding the ports it picked
 
 
 @dataclass
@@ -104,7 +108,7 @@ def container_mounts(dep: Deployment, plan: Plan, ranks_file: Path | None) -> st
 
 def server_command(dep: Deployment) -> ServerCommand:
     """Where each rank's server listens: every interface of its node, on the ports the job picked."""
-    ports = tuple(f"${{{key}}}" for key in PORT_VARIABLES)
+    ports = tuple(f"${{{key}}}" for key in PORT_KEYS)
     if dep.spec.target.container_image:
         return ServerCommand("tritonserver", str(dep.paths.repository.resolve()), ALL_INTERFACES, *ports)
     return host_command(dep, ALL_INTERFACES, ports)
@@ -128,15 +132,24 @@ def job_command(dep: Deployment, plan: Plan, ranks: list[list[str]]) -> list[str
             "bash", str(ranks_file)]
 
 
-def launch_files(dep: Deployment, plan: Plan, backend: Backend, ranks: list[list[str]]) -> tuple[LaunchFile, ...]:
+def frontend(dep: Deployment, plan: Plan) -> Step | None:
+    """The front end on the job's first node, in front of the rank-0 server there, on every interface."""
+    return frontend_step(dep, plan, triton="127.0.0.1:${grpc_port}", host=ALL_INTERFACES, port="${openai_port}",
+                         where="cluster")
+
+
+def launch_files(dep: Deployment, plan: Plan, backend: Backend, ranks: list[list[str]],
+                 front: Step | None) -> tuple[LaunchFile, ...]:
     spec = dep.spec
     env = {} if spec.target.container_image else serving_environment(dep, build=False)
     job = LaunchFile(JOB_FILE, "targets/slurm/job.sbatch.j2", {
         "spec": spec, "directives": directives(dep), "sbatch_args": spec.target.sbatch_args, "env": env,
-        "ports": [getattr(spec.server, key) for key in PORT_KEYS], "pick_ports": PICK_PORTS,
+        "ports": [getattr(spec.server, key) for key in spec.server.port_keys()], "pick_ports": PICK_PORTS,
         "probe": PROBE, "timeout": int(spec.server.start_timeout_s),
-        "command": job_command(dep, plan, ranks), "variables": PORT_VARIABLES}, executable=True)
-    files = [job]
+        "command": job_command(dep, plan, ranks), "variables": PORT_VARIABLES,
+        "frontend": front.command if front else None, "openai_log": str(dep.paths.openai_log.resolve())},
+        executable=True)
+    files = [job, *chat_template_files(dep)]
     if len(ranks) > 1:
         files.append(LaunchFile(RANKS_FILE, "targets/slurm/ranks.sh.j2", {
             "spec": spec, "ranks": ranks, "variables": PORT_VARIABLES}, executable=True))
@@ -215,7 +228,9 @@ def wait_ready(job: Job, server: ServerSpec) -> ServerSpec:
         address = ADDRESS_LINE.search(output)
         if address and READY_LINE.search(output):
             http, grpc, metrics = (int(port) for port in address.group(2, 3, 4))
-            return replace(server, host=address[1], http_port=http, grpc_port=grpc, metrics_port=metrics)
+            openai = int(address[5]) if address[5] else server.openai_port
+            return replace(server, host=address[1], http_port=http, grpc_port=grpc, metrics_port=metrics,
+                           openai_port=openai)
         if job.state()[0] != "RUNNING":
             raise job.ended()
         time.sleep(POLL_S)
@@ -244,12 +259,14 @@ class SlurmTarget:
         ranks = backend.server_ranks(dep, plan, server_command(dep))
         step = Step("launch", f"submit the Slurm job; it logs to {job_log(dep)}",
                     ("sbatch", str(dep.paths.output_dir.resolve() / JOB_FILE)), where="cluster")
-        return Launch(step, launch_files(dep, plan, backend, ranks), tuple(map(tuple, ranks)), dep.spec.server)
+        front = frontend(dep, plan)
+        return Launch(step, launch_files(dep, plan, backend, ranks, front), tuple(map(tuple, ranks)),
+                      dep.spec.server, frontend=front)
 
     def run(self, dep: Deployment, plan: Plan, backend: Backend, launch: Launch) -> None:
         """Submit, wait until the job runs and its server is ready, smoke it; cancel it on any failure."""
         from launcher import report
-        from launcher.serve import smoke, smoke_prompt
+        from launcher.serve import smoke
 
         spec = dep.spec
         require_slurm()
@@ -268,7 +285,7 @@ class SlurmTarget:
                 server = wait_ready(job, spec.server)
                 report.say(f"ready on {server.host} {time.monotonic() - started:.1f} s after submission")
                 served = replace(dep, spec=replace(spec, server=server))
-                report.print_smoke(spec.smoke.prompt, smoke(served, smoke_prompt(dep, plan)))
+                report.print_smoke(spec.smoke.prompt, smoke(served, plan))
         except BaseException:
             job.cancel()
             raise
@@ -280,6 +297,8 @@ class SlurmTarget:
         report.say(f"serving '{model}' as Slurm job {job.id} on {node}: http://{node}:{server.http_port}, "
                    f"try: llm-query --url {node}:{server.grpc_port} --model {model} "
                    f"{shlex.quote(spec.smoke.prompt)}")
+        if server.openai:
+            report.print_openai(model, node, server)
         report.say(f"stop it with: scancel {job.id}")
 
 

@@ -21,10 +21,11 @@ from tests.conftest import LLM_LAUNCH, REPO
 from tests.fixtures.tiny_models import write_hf
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-FREE_PORTS = ("server.http_port=0", "server.grpc_port=0", "server.metrics_port=0")
+FREE_PORTS = ("server.http_port=0", "server.grpc_port=0", "server.metrics_port=0", "server.openai_port=0")
 TINY = ("model=tiny-llama", "model.max_input_len=128")
 STARTING = re.compile(r"starting tritonserver \(pid (\d+)\): http ([\d.]+):(\d+), grpc [\d.]+:(\d+), "
                       r"metrics [\d.]+:(\d+)")
+STARTING_OPENAI = re.compile(r"starting openai front end \(pid (\d+)\): (http://[\d.]+:(\d+)/v1); log ")
 
 
 @dataclass
@@ -36,6 +37,9 @@ class Launch:
     output: list[str] = field(default_factory=list)
     server_pid: int | None = None
     ports: tuple[int, int, int] = (0, 0, 0)  # http, grpc, metrics
+    frontend_pid: int | None = None  # the OpenAI front end's, once it started
+    openai_url: str = ""  # http://127.0.0.1:PORT/v1
+    openai_port: int = 0
 
     @property
     def http(self) -> str:
@@ -72,20 +76,24 @@ class Launch:
         if match := STARTING.match(line):
             self.server_pid = int(match[1])
             self.ports = (int(match[3]), int(match[4]), int(match[5]))
+        if match := STARTING_OPENAI.match(line):
+            self.frontend_pid, self.openai_url, self.openai_port = int(match[1]), match[2], int(match[3])
 
     def kill(self) -> None:
         """Last resort (a failed test): kill the launcher; the server dies with it (PDEATHSIG)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        if self.server_pid is not None:
-            wait_gone(self.server_pid, 30)
+        for pid in (self.server_pid, self.frontend_pid):
+            if pid is not None:
+                wait_gone(pid, 30)
 
 
-def launch(*overrides: str) -> Launch:
-    """Start ``llm-launch`` with ``overrides`` (stdout and stderr merged into ``Launch.lines``)."""
-    process = subprocess.Popen([*LLM_LAUNCH, *overrides], cwd=REPO, env=ENV, text=True, bufsize=1,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def launch(*overrides: str, env: dict[str, str] | None = None) -> Launch:
+    """Start ``llm-launch`` with ``overrides`` (stdout and stderr merged into ``Launch.lines``; ``env`` added to
+    the environment)."""
+    process = subprocess.Popen([*LLM_LAUNCH, *overrides], cwd=REPO, env={**ENV, **(env or {})}, text=True,
+                               bufsize=1, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     run = Launch(process)
 
     def pump() -> None:
@@ -114,13 +122,16 @@ def wait_gone(pid: int, timeout_s: float) -> bool:
 
 
 def assert_stopped_cleanly(run: Launch) -> None:
-    """The server's whole process group is gone and its ports can be bound again."""
+    """The server's and the front end's whole process groups are gone and their ports can be bound again."""
     assert run.server_pid is not None
-    assert wait_gone(run.server_pid, 10), f"tritonserver {run.server_pid} still running"
-    with pytest.raises(ProcessLookupError):
-        os.killpg(run.server_pid, 0)  # no Python-backend stub left either
-    for port in run.ports:
-        assert port_free("127.0.0.1", port), f"port {port} still in use"
+    for pid, ports in ((run.server_pid, run.ports), (run.frontend_pid, (run.openai_port,))):
+        if pid is None:
+            continue
+        assert wait_gone(pid, 10), f"process {pid} still running"
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)  # no Python-backend stub left either
+        for port in ports:
+            assert port_free("127.0.0.1", port), f"port {port} still in use"
 
 
 def interrupt(run: Launch, signum: int = signal.SIGINT) -> tuple[int, str]:

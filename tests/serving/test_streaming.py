@@ -1,5 +1,6 @@
 """``backend.streaming=true``: the smoke query streams; a streamed answer equals the whole answer, over gRPC's
-bidirectional stream and over Triton's HTTP ``generate_stream`` (server-sent events)."""
+bidirectional stream, over Triton's HTTP ``generate_stream`` (server-sent events) and through the OpenAI front end
+(server-sent events too); SIGTERM stops the server and the front end."""
 
 from __future__ import annotations
 
@@ -26,8 +27,13 @@ def test_streamed_answer_matches_the_whole_answer(tiny_hf: Path, tmp_path: Path)
             streamed = query.ask(url, protocol, "llm", "Paris is", options, on_piece=pieces.append)
             assert len(pieces) > 1 and "".join(pieces) == streamed.text == whole.text, protocol
             assert (streamed.tokens, streamed.finish_reason) == (whole.tokens, whole.finish_reason), protocol
+        pieces = []
+        over_openai = query.ask_openai(run.openai_url, "llm", "Paris is", options, chat=False, on_piece=pieces.append)
+        assert len(pieces) > 1 and "".join(pieces) == over_openai.text == whole.text
+        assert (over_openai.tokens, over_openai.finish_reason) == (whole.tokens, whole.finish_reason)
         code, output = interrupt(run, signal.SIGTERM)
-        assert code == 143 and "SIGTERM: tritonserver stopped" in output, output  # 128 + SIGTERM
+        assert code == 143, output  # 128 + SIGTERM
+        assert "SIGTERM: tritonserver and the openai front end stopped" in output, output
         assert_stopped_cleanly(run)
     finally:
         run.kill()

@@ -22,9 +22,10 @@ READY_TIMEOUT_S = 240.0
 TINY = ("model=tiny-llama", "model.max_input_len=192", "model.served_name=tiny")
 
 
-def render(output_dir: Path, *overrides: str, export: bool = False) -> Deployment:
-    """``llm-launch backend=vllm action=render`` (after ``action=export`` when asked) into ``output_dir``."""
-    base = ("backend=vllm", f"output_dir={output_dir}", *overrides)
+def render(output_dir: Path, *overrides: str, export: bool = False, backend: str = "vllm") -> Deployment:
+    """``llm-launch backend=vllm action=render`` (after ``action=export`` when asked) into ``output_dir``
+    (``backend``: another backend's repository, to serve beside the vllm one)."""
+    base = (f"backend={backend}", f"output_dir={output_dir}", *overrides)
     if export:
         deploy(compose_spec([*base, "action=export"]), base)
     cfg = compose_spec([*base, "action=render"])
