@@ -13,7 +13,7 @@ from launcher.checkpoints import Checkpoint, hub, inspect, resolve_checkpoint_pa
 from launcher.errors import LauncherError, Problem
 from launcher.spec import Action, DeploySpec, ModelArch, ModelSpec
 
-NEEDS_WEIGHTS = (Action.export, Action.serve, Action.smoke)
+NEEDS_WEIGHTS = (Action.export, Action.serve, Action.smoke, Action.bench)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from omegaconf.errors import MissingMandatoryValue
 
 from launcher import validate
 from launcher.backends import BACKENDS, get_backend
+from launcher.bench.action import problems as bench_problems
 from launcher.deployment import Deployment, DeployPaths, resolve
 from launcher.errors import LauncherError, Problem, user_error
-from launcher.plan import Outcome, Step
+from launcher.plan import Outcome, Plan, Step
 from launcher.sizing import estimate
 from launcher.spec import Action, DeploySpec, to_spec, to_yaml
 from launcher.targets import get_target
@@ -82,12 +83,33 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
         outcome.export_seconds = time.perf_counter() - start
     if spec.action == Action.export:
         return outcome
+    if spec.action == Action.bench and spec.bench.url:  # attach: measure what serves there, render nothing
+        outcome.output_dir = spec.output_dir
+        bench(dep, plan)
+        return outcome
     from launcher.render import render
 
     outcome.output_dir = str(render(dep, plan, launch, backend, spec_yaml(spec)))
     if spec.action in (Action.serve, Action.smoke):
         target.run(dep, plan, backend, launch)
+    elif spec.action == Action.bench:
+        bench(dep, plan)
     return outcome
+
+
+def bench(dep: Deployment, plan: Plan) -> None:
+    """aiperf against ``bench.url``, or against the rendered spec served by a child ``llm-launch action=serve``."""
+    from launcher.bench import action
+    from launcher.server import ChildProcess, resolve_ports
+
+    if dep.spec.bench.url:
+        action.measure(dep.spec, plan.export.directory, dep.spec.bench.url)
+        return
+    server = resolve_ports(dep.spec.server)
+    log = action.bench_dir(dep.paths.output_dir) / action.SERVE_LOG
+    with ChildProcess(action.serve_command(dep.paths.output_dir, server), {}, log) as child:
+        assert child.process is not None
+        action.measure(dep.spec, plan.export.directory, action.endpoint(server), child.process)
 
 
 def frontend(dep: Deployment) -> Outcome:
@@ -111,7 +133,7 @@ def problems(dep: Deployment) -> list[Problem]:
              *validate.architecture_loadable(dep, backend.name, tables)]
     if dep.arch is not None:
         found += backend.problems(dep)
-    return found + target.problems(dep, backend)
+    return found + target.problems(dep, backend) + bench_problems(dep.spec)
 
 
 def render_step(dep: Deployment) -> Step:

@@ -24,6 +24,7 @@ class Action(Enum):
     serve = "serve"  # export, render, start, wait until ready, smoke query, keep serving
     smoke = "smoke"  # as serve, then stop after the smoke query
     frontend = "frontend"  # only the OpenAI front end, in front of a running Triton (server.triton_url)
+    bench = "bench"  # serve (or attach to bench.url), measure with aiperf, stop
 
 
 class CheckpointFormat(Enum):
@@ -205,6 +206,25 @@ class SmokeSpec:
 
 
 @dataclass
+class BenchSpec:
+    """``action=bench``: aiperf against the deployment's OpenAI endpoint, one run per concurrency."""
+
+    url: str | None = None  # attach to this OpenAI endpoint (http://host:port/v1) instead of serving the spec
+    concurrency: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    input_tokens: int = 128  # synthetic prompt length (fixed seed, no spread)
+    output_tokens: int = 64  # tokens asked per request (ignore_eos: every request makes them all)
+    requests: int | None = 8  # per concurrency (raise it for steadier percentiles); null: send for duration_s
+    duration_s: float | None = None
+    endpoint: str = "chat"  # chat | completions
+    seed: int = 0
+    sla: str | None = None  # goodput bounds, e.g. 'ttft_p95_ms=500 itl_p95_ms=100'
+    warmup_requests: int = 1  # per concurrency, not counted
+    server_token_count: bool = True  # token counts from the server's usage reports
+    ignore_eos: bool = True
+    timeout_s: float = 600.0  # per concurrency
+
+
+@dataclass
 class DeploySpec:
     action: Action = Action.serve
     name: str = "${model.name}-${backend.name}-${precision.name}"
@@ -217,6 +237,7 @@ class DeploySpec:
     target: TargetSpec = MISSING
     server: ServerSpec = field(default_factory=ServerSpec)
     smoke: SmokeSpec = field(default_factory=SmokeSpec)
+    bench: BenchSpec = field(default_factory=BenchSpec)
 
 
 CHECKPOINT_SUFFIXES = (".gguf", ".nemo", ".qnemo", ".tar", ".tgz", ".gz")

@@ -35,3 +35,18 @@ def test_render_sweep_gives_each_job_its_own_directory(tmp_path: Path) -> None:
     dirs = {r["output_dir"] for r in rows}
     assert len(dirs) == 2
     assert all((Path(d) / "model_repository" / "llm" / "config.pbtxt").is_file() for d in dirs)
+
+
+def test_search_trials_must_be_benches(tmp_path: Path) -> None:
+    """Under the Optuna sweeper (the checked-in sla_search) a trial that is not action=bench is refused before it
+    deploys: it scores 0, the search completes, and no best spec is written."""
+    result = run_cli("-m", "hydra/sweeper=sla_search", "hydra.sweeper.n_trials=2", "action=plan",
+                     "hydra.sweep.dir=sweep", cwd=tmp_path, env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert len(rows) == 2 and {row["status"] for row in rows} == {"invalid"}
+    assert all(row["score"] == 0 and row["problem"].startswith("action: the Optuna search measures every trial")
+               for row in rows)
+    assert "best_value: 0.0" in (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert len(json.loads((tmp_path / "sweep" / "ranking.json").read_text())) == 2
+    assert not (tmp_path / "sweep" / "deploy").exists() and "no best spec written" in result.stdout

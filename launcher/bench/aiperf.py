@@ -103,8 +103,9 @@ def tokenizer_cache(tokenizer_dir: Path, hub_cache: Path) -> str:
 
 
 def command(executable: Path, url: str, model: str, settings: BenchSettings, concurrency: int,
-            artifact_dir: Path) -> list[str]:
-    """``aiperf profile`` at one concurrency: streaming, synthetic prompts of fixed length, fixed seed."""
+            artifact_dir: Path, api_key: str | None = None) -> list[str]:
+    """``aiperf profile`` at one concurrency: streaming, synthetic prompts of fixed length, fixed seed. An API key
+    goes on its command line (aiperf 0.13 reads it nowhere else) and aiperf redacts it in what it writes."""
     argv = [
         str(executable), "profile", "--url", url, "--model", model, "--endpoint-type", settings.endpoint,
         "--streaming", "--tokenizer", TOKENIZER_REPO, "--concurrency", str(concurrency),
@@ -123,6 +124,8 @@ def command(executable: Path, url: str, model: str, settings: BenchSettings, con
         argv.append("--use-server-token-count")
     if settings.ignore_eos:
         argv += ["--extra-inputs", "ignore_eos:true"]
+    if api_key:
+        argv += ["--api-key", api_key]
     if settings.sla:
         argv += ["--goodput", " ".join(f"{bound.aiperf_tag}:{bound.limit_ms:g}" for bound in settings.sla)]
     return argv

@@ -26,14 +26,14 @@ COMPARED = {
 DPI = 120
 
 
-def _figure() -> tuple[Figure, Axes]:
+def figure_axes() -> tuple[Figure, Axes]:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     return figure, figure.add_subplot()
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save_png(figure: Figure, path: Path) -> Path:
     partial = path.with_name(path.stem + ".partial.png")
     figure.savefig(partial, dpi=DPI)
     partial.replace(path)
@@ -43,23 +43,23 @@ def _save(figure: Figure, path: Path) -> Path:
 def plot_summary(summary: Summary, out_dir: Path) -> list[Path]:
     """Output tokens/s against TTFT p95 (one point per concurrency), and ITL p50/p95 against concurrency."""
     rows = sorted(summary.rows, key=lambda row: row.concurrency)
-    figure, axes = _figure()
+    figure, axes = figure_axes()
     axes.plot([row.ttft_p95_ms for row in rows], [row.output_tokens_per_s for row in rows], marker="o")
     for row in rows:
         axes.annotate(f"c={row.concurrency}", (row.ttft_p95_ms, row.output_tokens_per_s),
                       textcoords="offset points", xytext=(5, 5))
     axes.set(xlabel="TTFT p95 (ms)", ylabel="output tokens/s", title=f"{summary.name}: throughput vs TTFT p95")
     axes.grid(alpha=0.3)
-    paths = [_save(figure, out_dir / THROUGHPUT_VS_TTFT)]
+    paths = [save_png(figure, out_dir / THROUGHPUT_VS_TTFT)]
 
-    figure, axes = _figure()
+    figure, axes = figure_axes()
     levels = [row.concurrency for row in rows]
     axes.plot(levels, [row.itl_p50_ms for row in rows], marker="o", label="p50")
     axes.plot(levels, [row.itl_p95_ms for row in rows], marker="s", label="p95")
     _concurrency_axis(axes, levels)
     axes.set(ylabel="inter-token latency (ms)", title=f"{summary.name}: inter-token latency vs concurrency")
     axes.legend()
-    paths.append(_save(figure, out_dir / ITL_VS_CONCURRENCY))
+    paths.append(save_png(figure, out_dir / ITL_VS_CONCURRENCY))
     return paths
 
 
@@ -79,7 +79,7 @@ def plot_comparison(labelled: Sequence[tuple[str, Summary]], out_dir: Path) -> l
     for field, label in COMPARED.items():
         if all(getattr(row, field) is None for _, summary in labelled for row in summary.rows):
             continue  # goodput without an SLA
-        figure, axes = _figure()
+        figure, axes = figure_axes()
         for index, (name, summary) in enumerate(labelled):
             by_level: dict[int, Row] = {row.concurrency: row for row in summary.rows}
             shown = [(position, getattr(by_level[level], field)) for position, level in enumerate(levels)
@@ -90,5 +90,5 @@ def plot_comparison(labelled: Sequence[tuple[str, Summary]], out_dir: Path) -> l
         axes.set(xlabel="concurrency", ylabel=label, title=label)
         axes.grid(axis="y", alpha=0.3)
         axes.legend(fontsize="small")
-        paths.append(_save(figure, out_dir / f"compare_{field}.png"))
+        paths.append(save_png(figure, out_dir / f"compare_{field}.png"))
     return paths

@@ -41,7 +41,7 @@ PROBE_TIMEOUT_S = 10.0
 SHOWN_MESSAGE = 70  # characters of aiperf's latest log message in the progress line
 
 
-def check_endpoint(url: str, model: str) -> None:
+def check_endpoint(url: str, model: str, api_key: str | None = None) -> None:
     """Fail early, naming the key, when nothing answers at ``url`` or its ``/v1/models`` lacks ``model``."""
     import urllib.error
     import urllib.parse
@@ -54,7 +54,8 @@ def check_endpoint(url: str, model: str) -> None:
     models_url = base + ("/models" if base.endswith("/v1") else "/v1/models")
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # aiperf's aiohttp ignores proxies too
     try:
-        with opener.open(models_url, timeout=PROBE_TIMEOUT_S) as response:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        with opener.open(urllib.request.Request(models_url, headers=headers), timeout=PROBE_TIMEOUT_S) as response:
             listing = json.loads(response.read())
     except urllib.error.HTTPError:
         return  # it answers; some OpenAI front ends have no model listing
@@ -72,7 +73,7 @@ def check_endpoint(url: str, model: str) -> None:
 
 
 def run(url: str, model: str, tokenizer_dir: Path, settings: BenchSettings, out_dir: Path, *, name: str = "",
-        console: Console | None = None) -> Summary:
+        console: Console | None = None, api_key: str | None = None) -> Summary:
     """aiperf against ``url`` (serving ``model``) at each of ``settings.concurrency``; summary and plots in
     ``out_dir``; prints progress and the table. ``tokenizer_dir`` is the deployment's Hugging Face directory."""
     from rich.console import Console
@@ -85,7 +86,7 @@ def run(url: str, model: str, tokenizer_dir: Path, settings: BenchSettings, out_
         raise LauncherError(*problems)
     executable = aiperf.find_aiperf()
     version = aiperf.aiperf_version(executable)
-    check_endpoint(url, model)
+    check_endpoint(url, model, api_key)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in (SUMMARY_CSV, SUMMARY_JSON):  # a failed run must not leave an older run's summary looking current
         (out_dir / stale).unlink(missing_ok=True)
@@ -104,7 +105,7 @@ def run(url: str, model: str, tokenizer_dir: Path, settings: BenchSettings, out_
                 progress.update(task, description=f"concurrency {concurrency}: {message[:SHOWN_MESSAGE]}")
 
             show("starting aiperf")
-            argv = aiperf.command(executable, url, model, settings, concurrency, artifact_dir)
+            argv = aiperf.command(executable, url, model, settings, concurrency, artifact_dir, api_key)
             aiperf.run_aiperf(argv, hub_cache, artifact_dir / AIPERF_OUTPUT, settings.timeout_s, show)
             rows.append(read_row(artifact_dir, concurrency, settings.sla))
             progress.advance(task)

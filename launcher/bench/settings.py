@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from launcher.errors import LauncherError, Problem
+from launcher.spec import BenchSpec
 
 ENDPOINTS = ("chat", "completions")  # aiperf --endpoint-type: /v1/chat/completions, /v1/completions
 SLA_METRICS = {  # our short name -> aiperf's metric tag (its --goodput keys and export keys)
@@ -81,22 +82,25 @@ def _sla_error(message: str, fix: str = f"e.g. {SLA_EXAMPLE}") -> LauncherError:
     return LauncherError(Problem("bench.sla", message, fix))
 
 
+DEFAULT = BenchSpec()  # the defaults are the spec's (bench.* on the command line)
+
+
 @dataclass(frozen=True)
 class BenchSettings:
-    """One aiperf run per concurrency, each with the same synthetic prompts (fixed seed)."""
+    """One aiperf run per concurrency, each with the same synthetic prompts (fixed seed); see ``BenchSpec``."""
 
-    concurrency: tuple[int, ...] = (1, 2, 4, 8)
-    input_tokens: int = 128  # synthetic prompt length (mean; stddev 0)
-    output_tokens: int = 64  # tokens asked per request (stddev 0); with ignore_eos every request makes them all
-    requests: int | None = 32  # per concurrency; None: send for duration_s instead
-    duration_s: float | None = None  # per concurrency; aiperf then waits up to 30 s for requests in flight
-    endpoint: str = "chat"  # chat: /v1/chat/completions; completions: /v1/completions (always streaming)
-    seed: int = 0  # aiperf --random-seed: the same prompts in every run
+    concurrency: tuple[int, ...] = tuple(DEFAULT.concurrency)
+    input_tokens: int = DEFAULT.input_tokens
+    output_tokens: int = DEFAULT.output_tokens
+    requests: int | None = DEFAULT.requests  # per concurrency; None: send for duration_s instead
+    duration_s: float | None = DEFAULT.duration_s  # aiperf then waits up to 30 s for requests in flight
+    endpoint: str = DEFAULT.endpoint  # chat: /v1/chat/completions; completions: /v1/completions (streaming)
+    seed: int = DEFAULT.seed  # aiperf --random-seed: the same prompts in every run
     sla: tuple[SlaBound, ...] = ()  # defines goodput (parse_sla)
-    warmup_requests: int = 1  # sent before each measured run, not counted (a server's first request is slow)
-    server_token_count: bool = True  # count tokens from the server's usage reports, not by re-tokenizing text
-    ignore_eos: bool = True  # sends ignore_eos (vLLM, TensorRT-LLM, SGLang extension) so outputs reach full length
-    timeout_s: float = 600.0  # per concurrency, aiperf's start-up (about 10 s) included
+    warmup_requests: int = DEFAULT.warmup_requests  # sent before each measured run, not counted
+    server_token_count: bool = DEFAULT.server_token_count  # tokens from the server's usage reports
+    ignore_eos: bool = DEFAULT.ignore_eos  # vLLM/TensorRT-LLM/SGLang extension: outputs reach full length
+    timeout_s: float = DEFAULT.timeout_s  # per concurrency, aiperf's start-up (about 10 s) included
 
     def problems(self) -> list[Problem]:
         """Everything wrong with these settings, each naming its ``bench.*`` key."""
@@ -143,3 +147,12 @@ class BenchSettings:
         if "sla" in values:
             values["sla"] = parse_sla(values["sla"])
         return cls(**values)
+
+    @classmethod
+    def from_spec(cls, spec: BenchSpec) -> BenchSettings:
+        """The spec's ``bench`` group (its ``url`` apart); every problem at once, each naming its key."""
+        values = {name: getattr(spec, name) for name in cls.__dataclass_fields__}
+        settings = cls.from_dict(values)
+        if problems := settings.problems():
+            raise LauncherError(*problems)
+        return settings

@@ -22,6 +22,7 @@ from launcher.errors import LauncherError, user_error
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
 EXPORT_JSON = "profile_export_aiperf.json"  # aiperf 0.13's summary export (default --profile-export-prefix)
 RECORDS_JSONL = "profile_export.jsonl"  # its per-request records
@@ -197,13 +198,18 @@ def print_rows(console: Console, title: str, labelled: Sequence[tuple[str, Row]]
                                           row.itl_p95_ms, row.e2e_p50_ms, row.e2e_p95_ms)),
                  "" if row.goodput is None else f"{row.goodput:.2f}", sla, str(row.errors)]
         table.add_row(*([label] if several else []), *cells)
+    print_wide(console, table)
+    console.print("times in ms; req/s, tokens/s and goodput (req/s within the SLA) from aiperf's export",
+                  style="dim", markup=False)
+
+
+def print_wide(console: Console, table: Table) -> None:
+    """Print ``table`` at its natural width: never squeeze the numbers (a pipe or a file is 80 columns to rich)."""
     wide = console.measure(table, options=console.options.update_width(1000)).maximum
-    if wide > console.width:  # never squeeze the numbers (a pipe or a file is 80 columns to rich)
+    if wide > console.width:
         from rich.console import Console
 
         Console(file=console.file, width=wide, color_system=console.color_system,
                 force_terminal=console.is_terminal).print(table)
     else:
         console.print(table)
-    console.print("times in ms; req/s, tokens/s and goodput (req/s within the SLA) from aiperf's export",
-                  style="dim", markup=False)

@@ -22,6 +22,7 @@ from launcher.bench import BenchSettings, Summary, compare, load_summary, parse_
 from launcher.bench.plots import ITL_VS_CONCURRENCY, THROUGHPUT_VS_TTFT
 from launcher.errors import LauncherError
 from launcher.server import TritonProcess, free_ports
+from tests.conftest import run_cli
 from tests.fixtures.tiny_models import write_hf
 
 pytestmark = pytest.mark.integration
@@ -171,3 +172,22 @@ def test_wrong_model_name_is_one_problem(vllm_server: Server, tmp_path: Path) ->
     with pytest.raises(LauncherError, match=r"serves \['tiny'\], not 'llm'") as caught:
         run(vllm_server.url, "llm", vllm_server.model_dir, SETTINGS, tmp_path / "out")
     assert caught.value.problems[0].key == "model.served_name"
+
+
+def test_cli_attaches_to_bench_url(vllm_server: Server, tmp_path: Path) -> None:
+    """``action=bench bench.url=``: the running server measured with the spec's tokenizer; nothing rendered."""
+    out = tmp_path / "attach"
+    result = run_cli("model=auto", f"model.checkpoint={vllm_server.model_dir}", "model.served_name=tiny",
+                     "action=bench", f"bench.url={vllm_server.url}/v1", "bench.concurrency=[1]", "bench.requests=2",
+                     "bench.input_tokens=16", "bench.output_tokens=8", "bench.sla='ttft_p95_ms=5000'",
+                     f"output_dir={out}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path, env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = load_summary(out / "bench")
+    (row,) = summary.rows
+    exported = json.loads((out / "bench" / "c1" / "profile_export_aiperf.json").read_text())
+    assert row.concurrency == 1 and row.requests == exported["request_count"]["avg"] == 2
+    assert row.ttft_p95_ms == exported["time_to_first_token"]["p95"] and row.goodput == exported["goodput"]["avg"]
+    assert summary.url == f"{vllm_server.url}/v1" and summary.settings.output_tokens == 8
+    assert (out / "bench" / "summary.csv").is_file() and (out / "bench" / THROUGHPUT_VS_TTFT).is_file()
+    assert not (out / "model_repository").exists() and not (out / "bench" / "serve.log").exists()
+    assert "bench results in" in result.stdout and f"{row.ttft_p95_ms:.1f}" in result.stdout
