@@ -167,8 +167,9 @@ REFUSALS = [  # case, status, the param the error names
     ("unknown-model", 404, "model"), ("max-tokens-over-limit", 400, "max_tokens"),
     ("prompt-and-max-tokens-over-context", 400, "max_tokens"), ("n", 400, "n"), ("temperature", 400, "temperature"),
     ("tools", 400, "tools"), ("unknown-field", 400, "temprature"), ("oversize-body", 413, None),
-    ("wrong-key", 401, None),
+    ("wrong-key", 401, None), ("unenforceable-schema", 400, None),
 ]
+UNENFORCEABLE = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}, "required": ["a"]}
 
 
 def refused(front: FrontEnd, case: str) -> Any:
@@ -188,6 +189,8 @@ def refused(front: FrontEnd, case: str) -> Any:
         "unknown-field": lambda: client.chat.completions.create(**chat, extra_body={"temprature": 0.5}),
         "oversize-body": lambda: client.completions.create(model=front.served, prompt="x" * BODY_LIMIT, max_tokens=2),
         "wrong-key": lambda: front.client("not-the-key").models.list(),
+        "unenforceable-schema": lambda: client.chat.completions.create(**chat, response_format={
+            "type": "json_schema", "json_schema": {"name": "a", "schema": UNENFORCEABLE}}),  # never a silent drop
     }
     return requests_[case]()
 
