@@ -19,6 +19,22 @@ from tritonclient.utils import InferenceServerException
 from launcher.interfaces import Options, Piece, Reader, ServedModel
 
 STATUS_TIMEOUT_S = 5.0  # health and config calls
+MAX_MESSAGE_BYTES = 2**31 - 1  # as tritonclient's own channels
+# gRPC backs off reconnecting for up to 2 minutes by default: a front end started before Triton would see it
+# ready that much later. Retry at least once a second instead.
+RECONNECT_MS = (("grpc.initial_reconnect_backoff_ms", 200), ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000))
+
+
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's channel arguments (message sizes, keepalive) with a quick reconnect."""
+    keepalive = grpcclient.KeepAliveOptions()
+    return [("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.max_receive_message_length",
+                                                                   MAX_MESSAGE_BYTES),
+            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data), *RECONNECT_MS]
 
 
 class ModelError(Exception):
@@ -102,7 +118,7 @@ class Upstream:
 
     def __init__(self, url: str, name: str) -> None:
         self.url, self.name = url, name
-        self.client = grpcclient.InferenceServerClient(url)
+        self.client = grpcclient.InferenceServerClient(url, channel_args=channel_args())
         self.ids = itertools.count(1)
 
     async def ready(self) -> bool:

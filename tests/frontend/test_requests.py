@@ -213,6 +213,8 @@ def test_usage_comes_from_the_models_counts_only() -> None:
 # ---------------------------------------------------------------------- the app, without a model
 @pytest.fixture(scope="module")
 def app() -> Any:
+    from transformers import AutoTokenizer  # noqa: F401  (here first: the app imports it on a thread)
+
     (port,) = free_ports("127.0.0.1", 1)  # nothing listens there: the model is never ready
     settings = Settings(triton=f"127.0.0.1:{port}", model="llm", served_name="smol", aliases=("alias",),
                         api_key="k", max_body_bytes=1000, cors_origins=("http://ui.example",))
@@ -293,3 +295,13 @@ def test_a_port_in_use_is_refused(tmp_path: Path) -> None:
         with pytest.raises(LauncherError) as err:
             cli.run(["--triton", "h:1", "--model", "llm", "--port", str(port)])
     assert err.value.problems[0].key == "--port" and "cannot listen" in err.value.problems[0].message
+
+
+def test_a_chat_template_of_its_own_wins_over_the_tokenizers(tmp_path: Path) -> None:
+    from tests.fixtures.tiny_models import write_hf
+
+    directory = write_hf(tmp_path / "hf")
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert interfaces.chat_prompt(directory, chat) == "<|system|>\nBe brief.</s>\n<|user|>\nhi</s>\n<|assistant|>\n"
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}> "
+    assert interfaces.chat_prompt(directory, chat, template) == "[system] Be brief.\n[user] hi\n> "
