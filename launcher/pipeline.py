@@ -6,6 +6,7 @@ from __future__ import annotations
 import shlex
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
@@ -58,7 +59,7 @@ def deploy(cfg: DictConfig, overrides: tuple[str, ...] = ()) -> Outcome:
     """Run the composed spec up to its action; raises LauncherError with every problem found."""
     spec = typed_spec(cfg)
     if spec.action == Action.frontend:
-        return frontend(Deployment(spec, None, None, None, DeployPaths(Path(spec.output_dir)), overrides))
+        frontend(Deployment(spec, None, None, None, DeployPaths(Path(spec.output_dir)), overrides))
     dep = resolve(spec, overrides)
     spec = dep.spec  # with what the checkpoint decides (model=auto's lengths)
     backend, target = get_backend(spec.backend.name), get_target(spec.target.name)
@@ -112,14 +113,14 @@ def bench(dep: Deployment, plan: Plan) -> None:
         action.measure(dep.spec, plan.export.directory, action.endpoint(server), child.process)
 
 
-def frontend(dep: Deployment) -> Outcome:
-    """action=frontend: no checkpoint, no render; the OpenAI front end in front of ``server.triton_url``."""
+def frontend(dep: Deployment) -> NoReturn:
+    """action=frontend: no checkpoint, no render; the OpenAI front end in front of ``server.triton_url`` until
+    a signal stops it."""
     if found := validate.frontend_problems(dep):
         raise LauncherError(*found)
     from launcher.serve import frontend_only
 
     frontend_only(dep)
-    return Outcome(dep.spec, [])
 
 
 def problems(dep: Deployment) -> list[Problem]:

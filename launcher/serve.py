@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import NoReturn
 
 from launcher import report
 from launcher.deployment import Deployment
@@ -122,7 +123,7 @@ def triton_serves(url: str, model: str) -> None:
         client.close()
 
 
-def frontend_only(dep: Deployment) -> None:
+def frontend_only(dep: Deployment) -> NoReturn:
     """action=frontend: the OpenAI front end alone, in front of the Triton at ``server.triton_url``, serving
     ``model.served_name`` until SIGINT/SIGTERM."""
     spec = dep.spec

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import importlib
 import json
 import logging
 import time
@@ -80,22 +79,37 @@ class Generation:
     """One request's generation in Triton: its pieces, the answer so far, the metrics it feeds."""
 
     def __init__(self, metrics: Metrics, endpoint: str, call: Call, stops: StopText | None, started: float,
-                 name: str) -> None:
+                 name: str, timeout_s: float | None) -> None:
         self.metrics, self.call, self.stops, self.name = metrics, call, stops, name
         self.ttft, self.itl = metrics.ttft.labels(endpoint), metrics.itl.labels(endpoint)
         self.started = self.last = started
         self.first = True
         self.completion = Completion()
-        self.finished = self.closed = False
+        self.finished = self.closed = self.expired = False
         self.reason = "client_disconnected"  # why it ends early, if it does
+        self.timeout_s = timeout_s
+        self.timer = None if timeout_s is None else asyncio.get_running_loop().call_later(
+            max(started + timeout_s - time.perf_counter(), 0), self.expire)
         metrics.in_flight.inc()
+
+    def expire(self) -> None:
+        """The deadline passed: cancel the request in Triton; the reader of the next piece gets a 504."""
+        if not self.finished:
+            self.expired, self.reason = True, "timeout"
+            self.call.cancel()
 
     async def next(self) -> Piece | None:
         """The next piece of the answer; ``None`` at its end."""
+        if self.expired:
+            raise self.timed_out()
         if self.finished:
             return None
         try:
             piece = await self.call.__anext__()
+        except asyncio.CancelledError:  # the call cancelled under it, or this task cancelled
+            if not self.expired:
+                raise
+            raise self.timed_out() from None
         except StopAsyncIteration:
             self.finished = True
             tail = self.stops.flush() if self.stops else ""
@@ -121,6 +135,10 @@ class Generation:
         self.last = now
         return piece
 
+    def timed_out(self) -> APIError:
+        return APIError(504, f"no answer within {self.timeout_s:g} s (--request-timeout-s)", kind="timeout",
+                        code="timeout")
+
     async def run(self) -> Completion:
         """The whole answer."""
         while await self.next() is not None:
@@ -132,6 +150,8 @@ class Generation:
         if self.closed:
             return
         self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
         if not self.finished:
             self.metrics.cancelled.labels(self.reason).inc()
             log.info("%s: %s; cancelling its request in Triton", self.name, self.reason.replace("_", " "))
@@ -155,6 +175,12 @@ class EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.generation.close()
+
+
+def import_tokenizers() -> None:
+    """Import transformers' tokenizers (seconds): while Triton loads the model, not after. Not while another
+    thread imports transformers (its lazy module fails half-imported)."""
+    from transformers import AutoTokenizer  # noqa: F401
 
 
 def sse(data: dict[str, Any]) -> bytes:
@@ -214,20 +240,22 @@ class FrontEnd:
     @contextlib.asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         self.upstream = Upstream(self.settings.triton, self.settings.model)
-        loader = asyncio.create_task(self.load())
+        warming = asyncio.ensure_future(asyncio.to_thread(import_tokenizers))
+        loader = asyncio.create_task(self.load(warming))
         try:
             yield
         finally:
             loader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await loader
+            with contextlib.suppress(Exception):
+                await warming  # no thread left importing
             await self.upstream.close()
 
-    async def load(self) -> None:
-        """Wait for Triton and the model, then read the model's config and load its tokenizer."""
+    async def load(self, warming: Awaitable[Any]) -> None:
+        """Wait for Triton and the model, then read the model's config and load its tokenizer (once
+        ``warming``, the import of transformers, is done)."""
         assert self.upstream is not None
-        # transformers takes seconds to import: while Triton loads the model, not after
-        warming = asyncio.ensure_future(asyncio.to_thread(importlib.import_module, "transformers"))
         waiting = False
         while True:
             try:
@@ -340,38 +368,19 @@ class FrontEnd:
                            f"{served.kind} interface, which cannot carry it)", param=name)
         return options
 
-    async def guard(self, request: Request, work: Awaitable[T], deadline: float | None,
-                    generation: Generation) -> T:
-        """``work``'s result, unless the client goes away first (:class:`ClientGone`) or the deadline
-        passes (504); either way the generation is cancelled."""
+    async def guard(self, request: Request, work: Awaitable[T]) -> T:
+        """``work``'s result, unless the client goes away first (:class:`ClientGone`; ``work`` is cancelled)."""
         task = asyncio.ensure_future(work)
         gone = asyncio.ensure_future(disconnected(request))
-        timeout = None if deadline is None else max(deadline - time.perf_counter(), 0)
         try:
-            done, _ = await asyncio.wait((task, gone), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
             if not task.done():
                 task.cancel()
-        if task in done:
+        if task.done() and not task.cancelled():
             return task.result()
-        if gone not in done:
-            generation.reason = "timeout"
-            raise self.timed_out()
         raise ClientGone
-
-    def timed_out(self) -> APIError:
-        return APIError(504, f"no answer within {self.settings.request_timeout_s:g} s (--request-timeout-s)",
-                        kind="timeout", code="timeout")
-
-    async def step(self, generation: Generation, deadline: float | None) -> Piece | None:
-        if deadline is None:
-            return await generation.next()
-        try:
-            return await asyncio.wait_for(generation.next(), max(deadline - time.perf_counter(), 0))
-        except asyncio.TimeoutError:
-            generation.reason = "timeout"
-            raise self.timed_out() from None
 
     # --------------------------------------------------------------------------------------- endpoints
     async def models(self) -> JSONResponse:
@@ -407,16 +416,14 @@ class FrontEnd:
                      ask: Ask, prompt: str, started: float) -> Response:
         assert self.upstream is not None
         options = self.options(ask, prompt, served)
-        timeout = self.settings.request_timeout_s
-        deadline = None if timeout is None else started + timeout
         stops = StopText(options.stop) if options.stop and served.kind == ENSEMBLE else None
         generation = Generation(self.metrics, endpoint, self.upstream.generate(served, prompt, options), stops,
-                                started, shape.head["id"])
+                                started, shape.head["id"], self.settings.request_timeout_s)
         try:
             if ask.stream:  # the first piece before the response starts: a refusal is still an HTTP error
-                first = await self.guard(request, generation.next(), deadline, generation)
-                return EventStream(self.events(generation, shape, first, deadline, ask, options), generation)
-            completion = await self.guard(request, generation.run(), deadline, generation)
+                first = await self.guard(request, generation.next())
+                return EventStream(self.events(generation, shape, first, ask, options), generation)
+            completion = await self.guard(request, generation.run())
         except ClientGone:
             generation.close()
             return Response(status_code=499)
@@ -428,8 +435,8 @@ class FrontEnd:
         return JSONResponse(shape.whole(completion.text, reason, completion.logprobs,
                                         usage(completion.input_tokens, completion.output_tokens)))
 
-    async def events(self, generation: Generation, shape: ChatAnswer | TextAnswer, piece: Piece | None,
-                     deadline: float | None, ask: Ask, options: Options) -> AsyncIterator[bytes]:
+    async def events(self, generation: Generation, shape: ChatAnswer | TextAnswer, piece: Piece | None, ask: Ask,
+                     options: Options) -> AsyncIterator[bytes]:
         extra = {"usage": None} if ask.include_usage else {}
         opened = False
         try:
@@ -437,7 +444,7 @@ class FrontEnd:
                 if piece.text or piece.logprobs or not opened:
                     yield sse({**shape.chunk(piece, first=not opened), **extra})
                     opened = True
-                piece = await self.step(generation, deadline)
+                piece = await generation.next()
             done = generation.completion
             reason = finish_reason(done.finish_reason, done.output_tokens, options.max_tokens)
             tail = sse({**shape.chunk(None, reason), **extra})

@@ -29,11 +29,12 @@ def test_echo_backend_passes_the_conformance_suite(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_echo_backend_serves(tmp_path: Path) -> None:
-    """``backend=echo`` with no YAML entry in conf/: its schema is its config; a real Triton answers."""
+    """``backend=echo`` with no YAML entry in conf/: its schema is its config; a real Triton answers (over gRPC: the
+    echo model takes text only, so the OpenAI front end would refuse the smoke query's max_tokens)."""
     checkpoint = write_hf(tmp_path / "tiny")
     done = run_cli("backend=echo", "model=tiny-llama", "model.max_input_len=128", f"model.checkpoint={checkpoint}",
                    "action=smoke", "smoke.prompt=hello from outside", "model.chat_template=false",
-                   "server.http_port=0", "server.grpc_port=0", "server.metrics_port=0",
+                   "server.http_port=0", "server.grpc_port=0", "server.metrics_port=0", "server.openai=false",
                    f"output_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path, env=ENV)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "answer: hello from outside" in done.stdout

@@ -33,6 +33,7 @@ KEY = "frontend-test-key"
 BODY_LIMIT = 64 * 1024
 MAX_TOKENS, MAX_MODEL_LEN = 256, 1280  # SmolLM2's model.max_output_len, + its max_input_len
 READY_TIMEOUT_S = 300.0  # vLLM's engine, on two busy cores
+TIMEOUT_S = 2  # --request-timeout-s of the "timeout" front end
 
 
 @dataclass(frozen=True)
@@ -87,26 +88,30 @@ def frontend_command(grpc: str, backend: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fronts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FrontEnd]]:
-    """Both backends' front ends; they start while Triton loads the models and wait for it."""
+    """Both backends' front ends, and a third over pytorch that gives up after TIMEOUT_S ("timeout"); they
+    start while Triton loads the models, and wait for it."""
     root = tmp_path_factory.mktemp("frontend")
     deps = {backend: render(root / backend, f"model.served_name={NAMES[backend]}", export=True, backend=backend)
             for backend in BACKENDS}
+    backends = {"pytorch": "pytorch", "vllm": "vllm", "timeout": "pytorch"}
     # one server for both (the vllm deployment's backend directory holds the python backend too)
     with triton(root, [deps["vllm"], deps["pytorch"]], ready=False) as served, contextlib.ExitStack() as stack:
-        urls = {backend: stack.enter_context(started(frontend_command(served.grpc, backend),
-                                                     root / f"openai-{backend}.log"))[1] for backend in BACKENDS}
+        commands = {name: frontend_command(served.grpc, backend) for name, backend in backends.items()}
+        commands["timeout"] += ["--request-timeout-s", str(TIMEOUT_S)]
+        urls = {name: stack.enter_context(started(command, root / f"openai-{name}.log"))[1]
+                for name, command in commands.items()}
         served.process.wait_ready(served.grpc, READY_TIMEOUT_S)
         fronts = {}
-        for backend, url in urls.items():
+        for name, backend in backends.items():
             client, _, interface = connect(served.grpc, "grpc", NAMES[backend], 30)
             client.close()
             assert interface.tokenizer_dir is not None
-            fronts[backend] = FrontEnd(backend, url, served.grpc, NAMES[backend], f"smollm2-{backend}", "smollm2",
-                                       root / "server.log", root / f"openai-{backend}.log",
-                                       Path(interface.tokenizer_dir))
+            fronts[name] = FrontEnd(backend, urls[name], served.grpc, NAMES[backend], f"smollm2-{backend}",
+                                    "smollm2", root / "server.log", root / f"openai-{name}.log",
+                                    Path(interface.tokenizer_dir))
             deadline = time.monotonic() + READY_TIMEOUT_S
-            while requests.get(f"{fronts[backend].root}/health/ready", timeout=10).status_code != 200:
-                assert time.monotonic() < deadline, fronts[backend].log.read_text()[-3000:]
+            while requests.get(f"{fronts[name].root}/health/ready", timeout=10).status_code != 200:
+                assert time.monotonic() < deadline, fronts[name].log.read_text()[-3000:]
                 time.sleep(0.1)
         yield fronts
 
@@ -114,3 +119,9 @@ def fronts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Front
 @pytest.fixture(scope="module", params=BACKENDS)
 def front(request: pytest.FixtureRequest, fronts: dict[str, FrontEnd]) -> FrontEnd:
     return fronts[request.param]
+
+
+@pytest.fixture(scope="module")
+def impatient(fronts: dict[str, FrontEnd]) -> FrontEnd:
+    """The pytorch front end with a request timeout of TIMEOUT_S."""
+    return fronts["timeout"]

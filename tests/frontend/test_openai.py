@@ -19,7 +19,7 @@ import requests
 
 from launcher.interfaces import chat_prompt
 from launcher.query import Options, ask
-from tests.frontend.conftest import BODY_LIMIT, MAX_TOKENS, FrontEnd
+from tests.frontend.conftest import BODY_LIMIT, MAX_TOKENS, TIMEOUT_S, FrontEnd
 
 pytestmark = pytest.mark.integration
 QUESTION = "What is the capital of France?"
@@ -167,8 +167,9 @@ REFUSALS = [  # case, status, the param the error names
     ("unknown-model", 404, "model"), ("max-tokens-over-limit", 400, "max_tokens"),
     ("prompt-and-max-tokens-over-context", 400, "max_tokens"), ("n", 400, "n"), ("temperature", 400, "temperature"),
     ("tools", 400, "tools"), ("unknown-field", 400, "temprature"), ("oversize-body", 413, None),
-    ("wrong-key", 401, None),
+    ("wrong-key", 401, None), ("unenforceable-schema", 400, None),
 ]
+UNENFORCEABLE = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}, "required": ["a"]}
 
 
 def refused(front: FrontEnd, case: str) -> Any:
@@ -188,6 +189,8 @@ def refused(front: FrontEnd, case: str) -> Any:
         "unknown-field": lambda: client.chat.completions.create(**chat, extra_body={"temprature": 0.5}),
         "oversize-body": lambda: client.completions.create(model=front.served, prompt="x" * BODY_LIMIT, max_tokens=2),
         "wrong-key": lambda: front.client("not-the-key").models.list(),
+        "unenforceable-schema": lambda: client.chat.completions.create(**chat, response_format={
+            "type": "json_schema", "json_schema": {"name": "a", "schema": UNENFORCEABLE}}),  # never a silent drop
     }
     return requests_[case]()
 
@@ -204,8 +207,7 @@ def test_refusals(front: FrontEnd, case: str, status: int, param: str | None) ->
 
 
 def test_a_client_that_goes_away_cancels_the_generation(front: FrontEnd) -> None:
-    line = f"[{front.backend}] Successfully cancelled the request"
-    before = front.server_log.read_text().count(line)
+    before = cancellations(front)
     stream = front.client().chat.completions.create(model=front.served, messages=CHAT, max_tokens=MAX_TOKENS,
                                                     stream=True, extra_body=LONG)
     for index, _ in enumerate(stream):
@@ -213,11 +215,36 @@ def test_a_client_that_goes_away_cancels_the_generation(front: FrontEnd) -> None
             break
     stream.close()
     deadline = time.monotonic() + 30
-    while front.server_log.read_text().count(line) == before and time.monotonic() < deadline:
+    while cancellations(front) == before and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert front.server_log.read_text().count(line) == before + 1
+    assert cancellations(front) == before + 1
     assert metric(front, 'openai_requests_cancelled_total{reason="client_disconnected"}') >= 1
     assert "client disconnected; cancelling its request in Triton" in front.log.read_text()
+
+
+def cancellations(front: FrontEnd) -> int:
+    return front.server_log.read_text().count(f"[{front.backend}] Successfully cancelled the request")
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_request_past_its_timeout_is_cancelled(impatient: FrontEnd, stream: bool) -> None:
+    """SmolLM2 on two cores takes well over TIMEOUT_S for 256 tokens: a 504, the request cancelled."""
+    before = cancellations(impatient)
+    started = time.monotonic()
+    with pytest.raises(openai.APIError) as err:
+        reply = impatient.client().completions.create(model=impatient.served, prompt="Once upon a time",
+                                                      max_tokens=MAX_TOKENS, stream=stream, extra_body=LONG)
+        for _ in reply if stream else ():
+            pass
+    assert TIMEOUT_S <= time.monotonic() - started < TIMEOUT_S + 10
+    body = err.value.body
+    assert isinstance(body, dict) and body["code"] == "timeout" and f"{TIMEOUT_S:g} s" in body["message"], body
+    if not stream:
+        assert isinstance(err.value, openai.APIStatusError) and err.value.status_code == 504
+    deadline = time.monotonic() + 30
+    while cancellations(impatient) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert cancellations(impatient) == before + 1
 
 
 def metric(front: FrontEnd, name: str) -> float:

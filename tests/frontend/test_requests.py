@@ -213,6 +213,8 @@ def test_usage_comes_from_the_models_counts_only() -> None:
 # ---------------------------------------------------------------------- the app, without a model
 @pytest.fixture(scope="module")
 def app() -> Any:
+    from transformers import AutoTokenizer  # noqa: F401  (here first: the app imports it on a thread)
+
     (port,) = free_ports("127.0.0.1", 1)  # nothing listens there: the model is never ready
     settings = Settings(triton=f"127.0.0.1:{port}", model="llm", served_name="smol", aliases=("alias",),
                         api_key="k", max_body_bytes=1000, cors_origins=("http://ui.example",))

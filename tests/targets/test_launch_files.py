@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import LauncherError
+from tests.conftest import write_hf_config
 from tests.repository import mpirun_segments
 
 SHELLCHECK = str(Path(sys.executable).parent / "shellcheck")
@@ -153,6 +154,59 @@ def test_sbatch_line_break_in_a_directive_is_refused(run_deploy) -> None:
                    "action=render")
 
 
+KEY_ENV, KEY = "LLM_LAUNCH_TEST_OPENAI_KEY", "key-value-never-rendered"
+
+
+def tiny(tmp_path: Path) -> tuple[str, ...]:
+    """A tiny Llama's config (no weights: render reads only metadata), served on CPU."""
+    checkpoint = write_hf_config(tmp_path / "tiny", max_position_embeddings=256)
+    return ("model=tiny-llama", "model.max_input_len=128", "model.max_output_len=32", f"model.checkpoint={checkpoint}",
+            "hardware=cpu")
+
+
+@pytest.mark.parametrize(("target", "script"), [("local", "launch.sh"), ("docker", "launch.sh"),
+                                                ("slurm", "job.sbatch")])
+def test_launch_files_start_the_frontend_with_escaped_values(run_deploy, tmp_path: Path, monkeypatch, target: str,
+                                                             script: str) -> None:
+    """Beside the server, the script starts the OpenAI front end with every value as one word, its log in
+    openai.log, and the API key's variable by name: the key in this environment lands in no rendered file."""
+    monkeypatch.setenv(KEY_ENV, KEY)
+    out_dir = tmp_path / HOSTILE_DIR
+    template = tmp_path / "chat 'x' $(touch pwned).jinja"
+    template.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    out = Path(run_deploy(*tiny(tmp_path), f"target={target}", f"output_dir={quoted(str(out_dir))}",
+                          f"server.openai_api_key_env={KEY_ENV}", "server.openai_aliases=[Llama-3.1-8B,org/model:v1]",
+                          "server.openai_cors_origins=['*']", f"model.chat_template_file={quoted(str(template))}",
+                          "action=render").output_dir)
+    assert all(KEY not in path.read_text(errors="replace") for path in out.rglob("*") if path.is_file())
+    shellcheck(out / script, hostile=True)
+    line = next(line for line in (out / script).read_text().splitlines() if "-m launcher.frontend" in line)
+    words = shlex.split(line)
+    assert words[-2:] == [f"2>>{out_dir}/openai.log", "&"]
+    grpc, host, port = ("${grpc_port}", "0.0.0.0", "${openai_port}") if target == "slurm" else ("8001", "127.0.0.1",
+                                                                                                 "9000")
+    tokenizer = next(word for word in words if word.startswith("--tokenizer="))
+    assert tokenizer == f"--tokenizer={tmp_path / 'tiny'}"  # the export's (here: the checkpoint, used in place)
+    assert words[:-2] == [
+        sys.executable, "-m", "launcher.frontend", f"--triton=127.0.0.1:{grpc}", "--model=llm", f"--host={host}",
+        f"--port={port}", "--alias=Llama-3.1-8B", "--alias=org/model:v1", tokenizer,
+        f"--chat-template={out_dir}/chat_template.jinja", "--max-tokens=32", "--max-model-len=160",
+        f"--api-key-env={KEY_ENV}", "--max-body-bytes=1048576", "--request-timeout-s=600", "--cors-origin=*"]
+    assert (out / "chat_template.jinja").read_text() == template.read_text()
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("target", ["local", "docker", "slurm"])
+def test_without_the_frontend_nothing_starts_it(run_deploy, tmp_path: Path, target: str) -> None:
+    """server.openai=false: no front end in the script (its port is not even checked)."""
+    out = Path(run_deploy(*tiny(tmp_path), f"target={target}", "server.openai=false", "server.openai_port=8001",
+                          "action=render").output_dir)
+    script = (out / ("job.sbatch" if target == "slurm" else "launch.sh")).read_text()
+    assert "launcher.frontend" not in script and "openai" not in script
+    if target != "slurm":
+        assert script.rstrip().splitlines()[-1].startswith("exec ")
+
+
 @pytest.mark.parametrize("overrides", [
     ("target=local", "hardware=cpu"),
     ("target=docker", "hardware=h100x1", "model=llama3-8b", "backend=vllm"),
@@ -161,7 +215,10 @@ def test_sbatch_line_break_in_a_directive_is_refused(run_deploy) -> None:
     ("target=slurm", "hardware=h100x8", "model=llama3-70b", "backend=vllm", "backend.tensor_parallel=8",
      f"target.container_image={quoted(IMAGE)}"),
     ("target=slurm", *TRTLLM_2X8),
-], ids=["local", "docker-vllm", "docker-cpu", "slurm-cpu", "slurm-container", "slurm-trtllm-2x8"])
+    ("target=docker", "hardware=cpu", "server.openai=false"),
+    ("target=slurm", "hardware=cpu", "server.openai=false"),
+], ids=["local", "docker-vllm", "docker-cpu", "slurm-cpu", "slurm-container", "slurm-trtllm-2x8", "docker-no-openai",
+        "slurm-no-openai"])
 def test_every_rendered_script_passes_shellcheck(run_deploy, tmp_path: Path, overrides: tuple[str, ...]) -> None:
     out = Path(run_deploy(*overrides, "action=render").output_dir)
     scripts = sorted(p.name for p in out.iterdir() if p.suffix in (".sh", ".sbatch"))
