@@ -446,6 +446,12 @@ def cancellations(server: Server) -> int:
     return server.log.read_text().count(f"[{server.backend}] Successfully cancelled the request")
 
 
+def executions(server: Server) -> int:
+    """How many times Triton has called the model's ``execute`` (its statistics extension)."""
+    statistics = grpcclient.InferenceServerClient(server.grpc).get_inference_statistics(server.model, as_json=True)
+    return int(statistics["model_stats"][0].get("execution_count", 0))
+
+
 def wait_for_cancellations(server: Server, count: int, timeout_s: float = 20) -> int:
     deadline = time.monotonic() + timeout_s
     while cancellations(server) < count and time.monotonic() < deadline:
@@ -477,14 +483,17 @@ def test_a_late_request_joins_the_running_batch(server: Server) -> None:
 def test_cancellation(server: Server, streaming: bool) -> None:
     """A cancelled request is aborted at the engine's next step, logged as NVIDIA's backend logs it, and the
     server goes on serving."""
-    before = cancellations(server)
+    before, handed_over = cancellations(server), executions(server)
     stream = Stream(server)
     stream.send("cancel-me", inputs(stream=streaming, sampling_parameters={**GREEDY, "max_tokens": 2000}))
     if streaming:
         _, first, _ = stream.replies.get(timeout=60)
         assert first.error is None and first.text() is not None
-    else:
-        time.sleep(0.3)  # the request is generating
+    else:  # cancelled while still queued, Triton would answer it without the model: wait until the model has it
+        deadline = time.monotonic() + 60
+        while executions(server) == handed_over and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert executions(server) == handed_over + 1
     stream.close(cancel=True)
     assert wait_for_cancellations(server, before + 1) == before + 1
     assert server.log.read_text().count(f"[{server.backend}] Cancelling the request") == before + 1
