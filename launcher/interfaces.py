@@ -237,7 +237,14 @@ class Reader:
         self.seen = ""
 
     def read(self, result: Any) -> Piece:
-        piece = read_result(result)
+        """One gRPC response (a tritonclient ``InferResult``)."""
+        return self.new_text(read_result(result))
+
+    def read_json(self, reply: dict[str, Any]) -> Piece:
+        """One answer or event of Triton's HTTP generate extension."""
+        return self.new_text(read_generate_json(reply))
+
+    def new_text(self, piece: Piece) -> Piece:
         if self.cumulative:
             piece.text, self.seen = piece.text[len(self.seen):], piece.text
         return piece

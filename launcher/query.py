@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import USER_ERROR_EXIT, LauncherError, user_error
-from launcher.interfaces import Completion, Options, ServedModel, chat_prompt, read_generate_json, read_result
+from launcher.interfaces import Completion, Options, Reader, ServedModel, chat_prompt, read_result
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "openai": 9000}
 EMPTY_ANSWER_EXIT = 1
@@ -101,7 +101,7 @@ def stream(client: Any, module: Any, model: ServedModel, inputs: list[Any],
     """Ask a decoupled model over gRPC's stream; pieces go to ``on_piece`` as they arrive."""
     responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: responses.put((result, error)))
-    completion = Completion()
+    completion, reader = Completion(), Reader(model)
     try:
         client.async_stream_infer(model.name, inputs, enable_empty_final_response=True,
                                   outputs=model.requested_outputs(module))
@@ -114,7 +114,7 @@ def stream(client: Any, module: Any, model: ServedModel, inputs: list[Any],
                 raise error
             response = result.get_response()
             if response.outputs:
-                piece = read_result(result)
+                piece = reader.read(result)
                 completion.add(piece)
                 if on_piece and piece.text:
                     on_piece(piece.text)
@@ -131,7 +131,7 @@ def generate_http(url: str, model: ServedModel, values: dict[str, Any], on_piece
     endpoint = "generate_stream" if streaming else "generate"
     request = urllib.request.Request(f"http://{url}/v2/models/{model.name}/{endpoint}",
                                      data=json.dumps(values).encode(), headers={"Content-Type": "application/json"})
-    completion = Completion()
+    completion, reader = Completion(), Reader(model)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as reply:
             events = (line[len(b"data:"):] for line in reply if line.startswith(b"data:")) if streaming \
@@ -141,7 +141,7 @@ def generate_http(url: str, model: ServedModel, values: dict[str, Any], on_piece
                 if "error" in body:
                     raise user_error("--model", f"'{model.name}' at {url} failed the request: {body['error']}",
                                      "check the prompt and sampling options, and the server's log")
-                piece = read_generate_json(body)
+                piece = reader.read_json(body)
                 completion.add(piece)
                 if on_piece and piece.text:
                     on_piece(piece.text)

@@ -109,3 +109,18 @@ def test_a_missing_tokenizer_directory_is_refused(tmp_path: Path) -> None:
 def test_no_server_is_a_clear_error() -> None:
     with pytest.raises(LauncherError, match=r"--url: no Triton server answers grpc at 127\.0\.0\.1:9"):
         query.run(["--url", "127.0.0.1:9", "--raw", "hello"])
+
+
+def test_the_llmapi_models_streamed_text_is_read_as_deltas_over_http_too() -> None:
+    """The llmapi model streams the whole text so far (its generate_stream events too); llm-query prints each
+    piece once."""
+    llmapi = served(TEXT, ("streaming", "TYPE_BOOL"), ("sampling_param_max_tokens", "TYPE_INT32"), decoupled=True)
+    reader = interfaces.Reader(llmapi)
+    events = [{"text_output": text} for text in ("Pa", "Paris", "Paris.")]
+    completion = interfaces.Completion()
+    for event in events:
+        completion.add(reader.read_json(event))
+    assert completion.text == "Paris."
+    vllm = interfaces.Reader(served(*VLLM_INPUTS, outputs=VLLM_OUTPUTS, decoupled=True))
+    assert [vllm.read_json({"text_output": text}).text for text in ("Pa", "ris")] == ["Pa", "ris"]
+
