@@ -86,7 +86,7 @@ def bench_alone(model_json: dict, settings: BenchSettings, out: Path) -> tuple[S
     start = time.monotonic()
     with ChildProcess(command, env, out / "vllm-alone" / "server.log") as server:
         assert server.process is not None
-        ready_s = wait_ready(url, server.process, server.log, READY_TIMEOUT_S)
+        ready_s = wait_ready(url, server.process, server.log, READY_TIMEOUT_S, ready_path="/health")
         print(f"vLLM alone ready after {ready_s:.1f} s", flush=True)
         summary = run(url, model_json["served_model_name"], Path(model_json["model"]), settings,
                       out / "vllm-alone" / "bench", name=ALONE)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 USER_ERROR_EXIT = 2
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as shells report it
@@ -40,3 +43,18 @@ class Interrupted(KeyboardInterrupt):
     @property
     def exit_status(self) -> int:
         return SIGNAL_EXIT[self.signal_name]
+
+
+def exit_with(run: Callable[[], int]) -> NoReturn:
+    """A command's ``main``: exit with what ``run`` returns; a :class:`LauncherError` is its problems on stderr,
+    one line each, and status 2; Ctrl-C is status 130, no traceback."""
+    try:
+        code = run()
+    except LauncherError as err:
+        for problem in err.problems:
+            print(f"error {problem}", file=sys.stderr)
+        code = USER_ERROR_EXIT
+    except KeyboardInterrupt:
+        code = SIGNAL_EXIT["SIGINT"]
+    sys.exit(code)
+

@@ -24,9 +24,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from launcher.errors import USER_ERROR_EXIT, LauncherError, user_error
+from launcher.errors import LauncherError, exit_with, user_error
 from launcher.interfaces import Completion, Options, Reader, ServedModel, chat_prompt, read_result
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "openai": 9000}
@@ -326,16 +326,8 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-def main() -> None:
-    try:
-        code = run()
-    except LauncherError as err:
-        for problem in err.problems:
-            print(f"error {problem}", file=sys.stderr)
-        code = USER_ERROR_EXIT
-    except KeyboardInterrupt:
-        code = 130
-    sys.exit(code)
+def main() -> NoReturn:
+    exit_with(run)
 
 
 if __name__ == "__main__":

@@ -82,14 +82,15 @@ def endpoint(server: ServerSpec) -> str:
     return f"http://{host}:{server.openai_port}/v1"
 
 
-def wait_ready(url: str, serving: subprocess.Popen[bytes], log: Path, timeout_s: float) -> float:
-    """Poll the front end's ``/health/ready`` (200 once Triton is ready too) beside ``url`` (its ``/v1``) until it
-    answers; seconds waited. Fails when the serving child exits first."""
+def wait_ready(url: str, serving: subprocess.Popen[bytes], log: Path, timeout_s: float,
+               ready_path: str = "/health/ready") -> float:
+    """Poll ``ready_path`` beside ``url`` (its ``/v1``) until it answers; seconds waited. Fails when the serving
+    child exits first. The default is our front end's (200 once Triton is ready too); vLLM's server has ``/health``."""
     import urllib.error
     import urllib.request
 
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    ready = url.rstrip("/").removesuffix("/v1") + "/health/ready"
+    ready = url.rstrip("/").removesuffix("/v1") + ready_path
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
         status = serving.poll()

@@ -16,9 +16,9 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from launcher.errors import USER_ERROR_EXIT, LauncherError, user_error
+from launcher.errors import exit_with, user_error
 
 if TYPE_CHECKING:
     from launcher.frontend.app import Settings
@@ -155,11 +155,5 @@ def run(argv: list[str] | None = None) -> int:
     return 0 if server.started else 1
 
 
-def main() -> None:
-    try:
-        code = run()
-    except LauncherError as err:
-        for problem in err.problems:
-            print(f"error {problem}", file=sys.stderr)
-        code = USER_ERROR_EXIT
-    sys.exit(code)
+def main() -> NoReturn:
+    exit_with(run)
