@@ -2,8 +2,8 @@
 
 One run, one after the other on the same machine: (a) vLLM's ``AsyncLLM`` in this process, built from
 the rendered ``model.json``; (b) the same ``model.json`` served by ``tritonserver`` through our ``vllm``
-backend; (c) the pytorch backend (``backend.streaming=true``) through ``tritonserver``. For 1 and 8
-concurrent requests x 64 new tokens (greedy; vLLM with ``ignore_eos``), it prints generated tokens/s
+backend; (c) the pytorch backend (``backend.streaming=true``) through ``tritonserver``, sent the same
+requests as (b). For 1 and 8 concurrent requests x 64 new tokens (greedy, ``ignore_eos``), it prints generated tokens/s
 (all requests' tokens over the wall time of the batch) and the mean time to first token, then the
 ratios. Clients stream over gRPC, as a user's would. Usage: ``python bench/vllm_bench.py [--repeat N]``.
 """
@@ -77,9 +77,10 @@ def bench_engine(engine_args: dict, prompt: str, repeat: int) -> dict[int, tuple
         loop.close()
 
 
-def bench_triton(root: Path, deps: list, model: str, prompt: str, params: dict, batched: bool,
-                 count_tokens, repeat: int) -> tuple[dict[int, tuple[float, float]], float]:
-    """(b)/(c): ``tritonserver`` serving ``deps``; requests streamed over one gRPC stream."""
+def bench_triton(root: Path, deps: list, model: str, prompt: str, params: dict,
+                 repeat: int) -> tuple[dict[int, tuple[float, float]], float]:
+    """(b)/(c): ``tritonserver`` serving ``deps``; requests in the vLLM backend's layout streamed over one gRPC
+    stream; tokens are the model's own counts (``num_output_tokens``)."""
     import queue
 
     import numpy as np
@@ -88,14 +89,12 @@ def bench_triton(root: Path, deps: list, model: str, prompt: str, params: dict, 
     from tests.vllm.conftest import triton
 
     def tensors() -> list:
-        shape = [1, 1] if batched else [1]
-        values = {"text_input": np.array([prompt.encode()], dtype=np.object_).reshape(shape),
-                  "stream": np.array([True]).reshape(shape),
-                  "exclude_input_in_output": np.array([True]).reshape(shape),
-                  "sampling_parameters": np.array([json.dumps(params).encode()], dtype=np.object_).reshape(shape)}
+        values = {"text_input": np.array([prompt.encode()], dtype=np.object_), "stream": np.array([True]),
+                  "exclude_input_in_output": np.array([True]), "return_num_output_tokens": np.array([True]),
+                  "sampling_parameters": np.array([json.dumps(params).encode()], dtype=np.object_)}
         out = []
         for name, value in values.items():
-            tensor = grpcclient.InferInput(name, shape, "BYTES" if value.dtype == object else "BOOL")
+            tensor = grpcclient.InferInput(name, [1], "BYTES" if value.dtype == object else "BOOL")
             tensor.set_data_from_numpy(value)
             out.append(tensor)
         return out
@@ -112,19 +111,20 @@ def bench_triton(root: Path, deps: list, model: str, prompt: str, params: dict, 
                 sent[request_id] = time.perf_counter()
                 client.async_stream_infer(model, tensors(), request_id=request_id, enable_empty_final_response=True)
             first: dict[str, float] = {}
-            texts: dict[str, str] = dict.fromkeys(sent, "")
+            tokens: dict[str, int] = dict.fromkeys(sent, 0)
             done = 0
             while done < n:
                 at, result, error = results.get(timeout=300)
                 if error is not None:
                     raise RuntimeError(str(error))
                 response = result.get_response()
-                text = result.as_numpy("text_output")
+                text, count = result.as_numpy("text_output"), result.as_numpy("num_output_tokens")
                 if text is not None and text.size:
                     first.setdefault(response.id, at - sent[response.id])
-                    texts[response.id] += text.reshape(-1)[0].decode()
+                if count is not None:
+                    tokens[response.id] += int(count.sum())
                 done += response.parameters["triton_final_response"].bool_param
-            return [(first[r], count_tokens(texts[r])) for r in sent]
+            return [(first[r], tokens[r]) for r in sent]
 
         try:
             batch(1)  # warm-up
@@ -151,16 +151,11 @@ def main() -> None:
     chat = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], tokenize=False,
                                          add_generation_prompt=True)
 
-    def count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False).input_ids)
-
     vllm_params = {"max_tokens": NEW_TOKENS, "temperature": 0.0, "ignore_eos": True}
     print(f"SmolLM2-135M-Instruct, {NEW_TOKENS} new tokens, vLLM dtype {model_json['dtype']}; results in {root}")
     a = bench_engine(model_json, chat, args.repeat)
-    b, ready_b = bench_triton(root / "vllm", [vllm_dep], "llm", chat, vllm_params, False,
-                              lambda text: NEW_TOKENS, args.repeat)
-    c, ready_c = bench_triton(root / "pytorch", [torch_dep], "llm", QUESTION,
-                              {"max_tokens": NEW_TOKENS, "temperature": 0.0}, True, count, args.repeat)
+    b, ready_b = bench_triton(root / "vllm", [vllm_dep], "llm", chat, vllm_params, args.repeat)
+    c, ready_c = bench_triton(root / "pytorch", [torch_dep], "llm", chat, vllm_params, args.repeat)
     print(f"ready: vLLM through Triton {ready_b:.1f} s, pytorch through Triton {ready_c:.1f} s")
     print(f"{'concurrent':>10} | {'(a) vLLM alone':>22} | {'(b) vLLM via Triton':>22} | "
           f"{'(c) pytorch via Triton':>22} | {'b/a':>5} | {'c/a':>5}")
