@@ -26,12 +26,18 @@ padded to a power-of-two batch over the full cache width, is compiled with CUDA 
 """
 
 import locale
+import os
 
 locale.setlocale(locale.LC_ALL, "C.UTF-8")  # the stub's embedded Python starts with an ASCII locale
+# torch's OpenMP threads spin at each barrier for a while before they sleep (GNU libgomp: 300,000 turns). When
+# another process wants a core (Triton, the front end, a load generator), a spinning thread holds it while the
+# thread it waits for cannot run. Read once, when torch loads libgomp. SmolLM2 bf16 on 2 cores, tokens/s with
+# nothing else running / beside one busy process: libgomp's default 22-27 / 6-8 (a request of aiperf's took
+# 35x longer than alone), 200 turns 18-20 / 16, OMP_WAIT_POLICY=PASSIVE 14-17 / 17. The server's own setting wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "200")
 
 import json  # noqa: E402
 import math  # noqa: E402
-import os  # noqa: E402
 import queue  # noqa: E402
 import threading  # noqa: E402
 import typing  # noqa: E402
