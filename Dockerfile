@@ -6,7 +6,8 @@
 #   docker build -t llm-launch:0.1.0 .          # from the repository root
 FROM python:3.12-slim
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+    HF_HOME=/tmp/huggingface
 WORKDIR /opt/llm-launch
 COPY pyproject.toml README.md ./
 COPY launcher ./launcher
