@@ -26,18 +26,12 @@ padded to a power-of-two batch over the full cache width, is compiled with CUDA 
 """
 
 import locale
-import os
 
 locale.setlocale(locale.LC_ALL, "C.UTF-8")  # the stub's embedded Python starts with an ASCII locale
-# torch's OpenMP threads spin at each barrier for a while before they sleep (GNU libgomp: 300,000 turns). When
-# another process wants a core (Triton, the front end, a load generator), a spinning thread holds it while the
-# thread it waits for cannot run. Read once, when torch loads libgomp. SmolLM2 bf16 on 2 cores, tokens/s with
-# nothing else running / beside one busy process: libgomp's default 22-27 / 6-8 (a request of aiperf's took
-# 35x longer than alone), 200 turns 18-20 / 16, OMP_WAIT_POLICY=PASSIVE 14-17 / 17. The server's own setting wins.
-os.environ.setdefault("GOMP_SPINCOUNT", "200")
 
 import json  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
 import queue  # noqa: E402
 import threading  # noqa: E402
 import typing  # noqa: E402
@@ -464,36 +458,11 @@ class Engine:
         self.threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------------------------------ threads
-    def start(self, warm_up: list[list[Job]]) -> None:
-        """Start the threads; the generation thread first generates each batch of ``warm_up`` to its end, and this
-        returns once it has (raising what the warm-up raised). Every forward runs on that one thread, the only one
-        with more than one torch thread: on CPU, once a second thread has run torch's parallel kernels, each has an
-        OpenMP team of its own, more threads than cores, and generation is slower from then on (SmolLM2 bf16 on 2
-        cores: 12-15 instead of 17-20 tokens/s); CUDA graphs recorded on one thread are not replayed on another
-        (inductor's graph trees are per thread)."""
-        warmed: queue.SimpleQueue = queue.SimpleQueue()
-
-        def generate() -> None:
-            if self.device.type == "cuda":
-                torch.cuda.set_device(self.device)  # the current device is per thread
-            else:
-                torch.set_num_threads(self.owner.threads)
-            try:
-                for jobs in warm_up:
-                    self.run(jobs)
-            except BaseException as err:
-                warmed.put(err)
-                return
-            warmed.put(None)
-            self.loop()
-
-        self.threads = [threading.Thread(target=generate, name="pytorch-generate", daemon=True),
+    def start(self) -> None:
+        self.threads = [threading.Thread(target=self.loop, name="pytorch-generate", daemon=True),
                         threading.Thread(target=self.send_loop, name="pytorch-respond", daemon=True)]
         for thread in self.threads:
             thread.start()
-        if (error := warmed.get()) is not None:
-            self.outbox.put(None)
-            raise error
 
     def stop(self) -> None:
         self.inbox.put(None)
@@ -533,7 +502,7 @@ class Engine:
 
     # ---------------------------------------------------------------------------------------- the loop
     def run(self, jobs: list[Job]) -> None:
-        """Generate ``jobs`` to the end (warm-up, before the loop)."""
+        """Generate ``jobs`` to the end on the calling thread (warm-up; the loop thread is not running)."""
         self.waiting.extend(jobs)
         while self.rows or self.waiting:
             self.step()
@@ -846,14 +815,13 @@ class TritonPythonModel:
         self.max_input_len = int(params["max_input_len"])
         self.max_output_len = int(params["max_output_len"])
         self.max_batch_size = int(params["max_batch_size"])
-        self.device, self.threads = torch.device("cpu"), None
+        self.device = torch.device("cpu")
         if params["device"] == "cuda":
             self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
             torch.cuda.set_device(self.device)  # this stub process serves one GPU: CUDA graphs and syncs use it
-        else:  # the cores go to the generation thread (Engine.start); this one loads the model on one core
+        else:
             instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
-            self.threads = max(1, len(os.sched_getaffinity(0)) // instances)
-            torch.set_num_threads(1)
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // instances))
         # Two tokenizers: execute() encodes on the stub's thread while the generation thread decodes.
         trust = params.get("trust_remote_code") == "true"  # only when the spec sets model.trust_remote_code
         self.encoder = AutoTokenizer.from_pretrained(params["model_dir"], trust_remote_code=trust)
@@ -881,17 +849,19 @@ class TritonPythonModel:
         self.vocab_size = self.model.get_output_embeddings().weight.shape[0]
         self.grammars = Grammars(self.encoder, self.vocab_size, sorted(self.eos_ids))
         self.engine = Engine(self, params["compile"] == "true")
-        self.engine.start(self.warm_up())
+        self.warm_up()
+        self.engine.start()
 
-    def warm_up(self) -> list[list[Job]]:
-        """What to generate before the server reports ready (compile mode compiles every batch bucket): three
-        tokens, two decode steps, so CUDA graphs are recorded then too, not in a request."""
+    def warm_up(self) -> None:
+        """Generate once before the server reports ready (compile mode compiles every batch bucket here).
+        Three tokens: two decode steps, so CUDA graphs are recorded here too, not in a request."""
         buckets = [1]
         if self.engine.compiled:
             buckets = sorted({min(next_power_of_two(rows), self.max_batch_size)
                               for rows in range(1, self.max_batch_size + 1)})
-        return [[self.job("Hello", {"max_tokens": 3, "temperature": 0, "ignore_eos": True}) for _ in range(rows)]
-                for rows in buckets]
+        for rows in buckets:
+            self.engine.run([self.job("Hello", {"max_tokens": 3, "temperature": 0, "ignore_eos": True})
+                             for _ in range(rows)])
 
     def job(self, prompt: str, fields: dict, **extra: typing.Any) -> Job:
         """A job for ``prompt`` with ``fields`` of ``vllm.SamplingParams``; RequestError when out of bounds."""
