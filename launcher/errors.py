@@ -57,4 +57,3 @@ def exit_with(run: Callable[[], int]) -> NoReturn:
     except KeyboardInterrupt:
         code = SIGNAL_EXIT["SIGINT"]
     sys.exit(code)
-
