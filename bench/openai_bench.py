@@ -4,8 +4,11 @@ One run: SmolLM2-135M-Instruct on the CPU backends (both by default, one ``trito
 tests serve them), each behind its own front end (``python -m launcher.frontend``). For 1 and 8 concurrent
 streams x 64 new tokens (greedy, ``ignore_eos``), the same chat is asked (a) straight over gRPC with
 ``tritonclient``'s asyncio client (the chat template applied by the bench) and (b) as a streamed chat
-completion through the front end (``httpx``, server-sent events; the front end applies the template).
-Rounds alternate (a) and (b) so both see the same machine; the median round counts. Tokens are the model's
+completion through the front end (``aiohttp``, as aiperf uses, server-sent events; the front end
+applies the template).
+Each round runs (a) and (b) back to back, in turn first, and gives one paired ratio and TTFT delta (a
+shared machine's speed drifts by more than the front end costs); the median round counts and the
+interquartile range says how far to trust it. Tokens are the model's
 own counts (``num_output_tokens``; ``usage`` with ``include_usage``). Targets: (b)/(a) >= 0.97x tokens/s,
 TTFT within +5 ms. Usage: ``python bench/openai_bench.py [--backend vllm] [--rounds 5]``.
 """
@@ -16,13 +19,14 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -34,11 +38,16 @@ Stream = Callable[[], Awaitable[tuple[float, int]]]  # one request: (TTFT s, gen
 
 
 class Row(NamedTuple):
-    grpc_rate: float  # tokens/s
-    grpc_ttft: float  # s
+    grpc_rate: float  # tokens/s, median over rounds
     api_rate: float
-    api_ttft: float
+    ratio: tuple[float, float, float]  # the rounds' (b)/(a) tokens/s: first quartile, median, third quartile
+    ttft_delta: tuple[float, float, float]  # the rounds' (b) - (a) TTFT in s: quartiles likewise
     cpu_per_token: float  # the front end's CPU seconds per token it streamed
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    low, middle, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, middle, high
 
 
 async def batch(one: Stream, streams: int) -> tuple[float, float, int]:
@@ -51,27 +60,37 @@ async def batch(one: Stream, streams: int) -> tuple[float, float, int]:
 
 
 async def compare(direct: Stream, openai: Stream, rounds: int, cpu: Callable[[], float]) -> dict[int, Row]:
-    """Median tokens/s and TTFT per concurrency, the two paths alternating round by round; and the front
+    """Per concurrency: each round runs both paths back to back (in turn first, ABBA, so a machine
+    speeding up or slowing down weighs on both alike) and gives one paired ratio and TTFT delta; and the front
     end's CPU time per token it streamed (``cpu``: its CPU seconds so far)."""
     found: dict[int, Row] = {}
     for streams in CONCURRENCY:
         await batch(direct, streams), await batch(openai, streams)  # warm-up
-        runs: dict[str, list[tuple[float, float, int]]] = {"grpc": [], "openai": []}
-        used = 0.0
-        for _ in range(rounds):
-            runs["grpc"].append(await batch(direct, streams))
-            before = cpu()
-            runs["openai"].append(await batch(openai, streams))
-            used += cpu() - before
-        medians = {name: (statistics.median(r for r, _, _ in got), statistics.median(t for _, t, _ in got))
-                   for name, got in runs.items()}
-        found[streams] = Row(*medians["grpc"], *medians["openai"], used / sum(n for _, _, n in runs["openai"]))
+        pairs: list[tuple[tuple[float, float, int], tuple[float, float, int]]] = []
+        used, tokens = 0.0, 0
+        for round_ in range(rounds):
+            if round_ % 2:
+                before = cpu()
+                api = await batch(openai, streams)
+                used += cpu() - before
+                grpc = await batch(direct, streams)
+            else:
+                grpc = await batch(direct, streams)
+                before = cpu()
+                api = await batch(openai, streams)
+                used += cpu() - before
+            pairs.append((grpc, api))
+            tokens += api[2]
+        found[streams] = Row(statistics.median(grpc[0] for grpc, _ in pairs),
+                             statistics.median(api[0] for _, api in pairs),
+                             quartiles([api[0] / grpc[0] for grpc, api in pairs]),
+                             quartiles([api[1] - grpc[1] for grpc, api in pairs]), used / tokens)
     return found
 
 
 async def bench(grpc: str, model: str, served_name: str, url: str, key: str, tokenizer_dir: str,
                 rounds: int, pid: int) -> dict[int, Row]:
-    import httpx
+    import aiohttp
     import psutil
 
     from launcher.frontend.upstream import Upstream
@@ -93,18 +112,21 @@ async def bench(grpc: str, model: str, served_name: str, url: str, key: str, tok
 
     body = {"model": served_name, "messages": messages, "max_tokens": NEW_TOKENS, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}, "ignore_eos": True}
-    limits = httpx.Limits(max_connections=max(CONCURRENCY), max_keepalive_connections=max(CONCURRENCY))
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300,
-                                 limits=limits) as client:
-        while (await client.get(url.removesuffix("/v1") + "/health/ready")).status_code != 200:
-            await asyncio.sleep(0.2)  # the front end loads the tokenizer once Triton is ready
+    connector = aiohttp.TCPConnector(limit=max(CONCURRENCY))
+    async with aiohttp.ClientSession(url + "/", headers={"Authorization": f"Bearer {key}"}, connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=300)) as client:
+        while True:  # the front end loads the tokenizer once Triton is ready
+            async with client.get(url.removesuffix("/v1") + "/health/ready") as ready:
+                if ready.status == 200:
+                    break
+            await asyncio.sleep(0.2)
 
         async def openai() -> tuple[float, int]:
             start, first, tokens = time.perf_counter(), None, 0
-            async with client.stream("POST", "/chat/completions", json=body) as reply:
+            async with client.post("chat/completions", json=body) as reply:
                 reply.raise_for_status()
-                async for line in reply.aiter_lines():
-                    if not line.startswith("data: {"):
+                async for line in reply.content:
+                    if not line.startswith(b"data: {"):
                         continue
                     chunk = json.loads(line[6:])
                     if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
@@ -120,11 +142,22 @@ async def bench(grpc: str, model: str, served_name: str, url: str, key: str, tok
             await upstream.close()
 
 
+def source_repository(dep: Any, interval_s: float) -> None:
+    """Turn a rendered pytorch deployment's model into ``token_source.py`` (same config: the vLLM-backend
+    contract, its tokenizer), one word every ``interval_s``."""
+    model = next(dep.paths.repository.iterdir())
+    shutil.copyfile(REPO / "bench" / "token_source.py", model / "1" / "model.py")
+    with (model / "config.pbtxt").open("a") as config:
+        config.write(f'parameters {{ key: "token_interval_s" value: {{ string_value: "{interval_s}" }} }}\n')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", action="append", choices=("vllm", "pytorch"),
-                        help="backend(s) to measure (default: both)")
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per case (median)")
+    parser.add_argument("--backend", action="append", choices=("vllm", "pytorch", "source"),
+                        help="backend(s) to measure (default: vllm and pytorch; source: bench/token_source.py, "
+                        "no model)")
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds per case (median)")
+    parser.add_argument("--interval-ms", type=float, default=5.0, help="the source's time between words")
     args = parser.parse_args()
     backends = args.backend or ["vllm", "pytorch"]
 
@@ -132,31 +165,41 @@ def main() -> None:
     from tests.frontend.conftest import KEY, NAMES, frontend_command, started
     from tests.vllm.conftest import render, triton
 
+    models = {**NAMES, "source": "source"}
     root = Path(tempfile.mkdtemp(prefix="openai-bench-"))
-    deps = [render(root / name, f"model.served_name={NAMES[name]}", export=True, backend=name) for name in backends]
+    deps = {name: render(root / name, f"model.served_name={models[name]}", export=True,
+                         backend="pytorch" if name == "source" else name) for name in backends}
+    if "source" in deps:
+        source_repository(deps["source"], args.interval_ms / 1000)
     print(f"SmolLM2-135M-Instruct, {NEW_TOKENS} new tokens x 1 and 8 streams, {args.rounds} rounds (median); "
           f"logs in {root}", flush=True)
-    deps.sort(key=lambda dep: dep.spec.backend.name != "vllm")  # the vllm one's backends hold python too
+
+    def command(name: str) -> list[str]:
+        argv = frontend_command(served.grpc, "pytorch" if name == "source" else name)
+        argv[argv.index("--model") + 1] = models[name]
+        return argv
+
     rows = []
-    with triton(root, deps, ready=False) as served, contextlib.ExitStack() as stack:
-        fronts = {name: stack.enter_context(started(frontend_command(served.grpc, name), root / f"openai-{name}.log"))
-                  for name in backends}
+    # the vllm deployment's backend directory holds the python backend too: it goes first
+    with triton(root, sorted(deps.values(), key=lambda dep: dep.spec.backend.name != "vllm"), ready=False) as served, \
+            contextlib.ExitStack() as stack:
+        fronts = {name: stack.enter_context(started(command(name), root / f"openai-{name}.log")) for name in backends}
         served.process.wait_ready(served.grpc, 600)
         for name, (process, url) in fronts.items():
-            client, _, interface = connect(served.grpc, "grpc", NAMES[name], 60)
+            client, _, interface = connect(served.grpc, "grpc", models[name], 60)
             client.close()
-            results = asyncio.run(bench(served.grpc, NAMES[name], "smollm2", url, KEY, str(interface.tokenizer_dir),
-                                        args.rounds, process.pid))
+            results = asyncio.run(bench(served.grpc, models[name], "smollm2", url, KEY,
+                                        str(interface.tokenizer_dir), args.rounds, process.pid))
             rows += [(name, streams, row) for streams, row in results.items()]
-    print(f"{'backend':>8} {'streams':>7} | {'gRPC tok/s':>10} {'OpenAI tok/s':>12} {'ratio':>6} | "
-          f"{'gRPC TTFT':>9} {'OpenAI TTFT':>11} {'delta':>8} | {'front end CPU':>13}")
+    print(f"{'backend':>8} {'streams':>7} | {'gRPC tok/s':>10} {'OpenAI tok/s':>12} | {'ratio':>6} {'(IQR)':>13} | "
+          f"{'TTFT delta':>10} {'(IQR)':>15} | {'front end CPU':>13}")
     for name, streams, row in rows:
-        ratio, delta_ms = row.api_rate / row.grpc_rate, (row.api_ttft - row.grpc_ttft) * 1000
-        print(f"{name:>8} {streams:>7} | {row.grpc_rate:10.1f} {row.api_rate:12.1f} {ratio:5.3f}x | "
-              f"{row.grpc_ttft * 1000:7.1f}ms {row.api_ttft * 1000:9.1f}ms {delta_ms:+6.1f}ms | "
+        (low, ratio, high), (early, delta, late) = row.ratio, (value * 1000 for value in row.ttft_delta)
+        print(f"{name:>8} {streams:>7} | {row.grpc_rate:10.1f} {row.api_rate:12.1f} | {ratio:5.3f}x "
+              f"({low:.3f}-{high:.3f}) | {delta:+8.1f}ms ({early:+5.1f} {late:+5.1f} ms) | "
               f"{row.cpu_per_token * 1e6:7.0f} us/tok")
-    print("(targets: ratio >= 0.97x, TTFT delta <= +5 ms; the front end's chat template is inside its TTFT)")
-
+    print("(ratio, TTFT delta: medians of the rounds' paired values, interquartile range in brackets; targets: "
+          "ratio >= 0.97x, TTFT delta <= +5 ms; the front end's chat template is inside its TTFT)")
 
 if __name__ == "__main__":
     main()

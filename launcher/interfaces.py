@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tritonclient.utils import deserialize_bytes_tensor, triton_to_np_dtype
 
 from launcher.errors import user_error
 
@@ -253,21 +254,42 @@ class Reader:
 def _first(array: np.ndarray | None) -> Any:
     if array is None or array.size == 0:
         return None
-    value = array.reshape(-1)[0]
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value.item()
+    return _decoded(array.reshape(-1)[0])
+
+
+def _decoded(value: Any) -> Any:
+    """A tensor element as Python: BYTES elements are ``bytes`` over gRPC and binary HTTP, ``str`` in JSON."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value if isinstance(value, str) else value.item()
+
+
+def _outputs(result: Any) -> dict[str, np.ndarray]:
+    """The outputs of ``READ_OUTPUTS`` that ``result`` holds, by name: one pass over a gRPC response's raw
+    outputs (read once per streamed token), else through ``as_numpy`` (HTTP results, non-raw contents)."""
+    response = result.get_response()
+    raw = getattr(response, "raw_output_contents", None)
+    if raw is None or len(raw) != len(response.outputs):
+        return {name: array for name in READ_OUTPUTS if (array := result.as_numpy(name)) is not None}
+    found = {}
+    for output, data in zip(response.outputs, raw, strict=True):
+        if output.name in READ_OUTPUTS:
+            found[output.name] = (deserialize_bytes_tensor(data) if output.datatype == "BYTES" else
+                                  np.frombuffer(data, dtype=triton_to_np_dtype(output.datatype)))
+    return found
 
 
 def read_result(result: Any) -> Piece:
     """One response (a tritonclient ``InferResult``) as a :class:`Piece`."""
-    text = result.as_numpy("text_output")
-    counts = {name: result.as_numpy(name) for name in ("num_input_tokens", "num_output_tokens")}
-    logprobs = _first(result.as_numpy("logprobs"))
+    outputs = _outputs(result)
+    text, inputs, generated = (outputs.get(name) for name in ("text_output", "num_input_tokens",
+                                                              "num_output_tokens"))
+    logprobs = _first(outputs.get("logprobs"))
     return Piece(
-        text=b"".join(text.reshape(-1)).decode("utf-8", errors="replace") if text is not None else "",
-        finish_reason=_first(result.as_numpy("finish_reason")),
-        input_tokens=int(counts["num_input_tokens"].reshape(-1)[0]) if counts["num_input_tokens"] is not None
-        else None,
-        output_tokens=int(counts["num_output_tokens"].sum()) if counts["num_output_tokens"] is not None else None,
+        text="".join(_decoded(value) for value in text.reshape(-1)) if text is not None else "",
+        finish_reason=_first(outputs.get("finish_reason")),
+        input_tokens=int(inputs.reshape(-1)[0]) if inputs is not None and inputs.size else None,
+        output_tokens=sum(generated.reshape(-1).tolist()) if generated is not None else None,
         logprobs=json.loads(logprobs) if logprobs else None,  # "null" when the request asked for none
     )
 

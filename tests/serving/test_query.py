@@ -96,6 +96,19 @@ def test_read_result_takes_scalar_and_vector_counts() -> None:
     assert interfaces.read_result(grpcclient.InferResult(response)) == interfaces.Piece("Paris", "stop", 9, 2)
 
 
+def test_read_result_takes_http_results() -> None:
+    """tritonclient's HTTP ``InferResult`` (JSON, no raw protobuf outputs) reads to the same piece."""
+    import tritonclient.http as httpclient
+
+    body = {"model_name": "llm", "outputs": [
+        {"name": "text_output", "datatype": "BYTES", "shape": [1], "data": ["Paris"]},
+        {"name": "finish_reason", "datatype": "BYTES", "shape": [1], "data": ["stop"]},
+        {"name": "num_input_tokens", "datatype": "UINT32", "shape": [], "data": [9]},
+        {"name": "num_output_tokens", "datatype": "UINT32", "shape": [1], "data": [2]}]}
+    result = httpclient.InferResult.from_response_body(json.dumps(body).encode())
+    assert interfaces.read_result(result) == interfaces.Piece("Paris", "stop", 9, 2)
+
+
 def test_chat_prompt_uses_the_tokenizer_template(tiny_hf: Path) -> None:
     assert interfaces.chat_prompt(tiny_hf, "hi") == "<|user|>\nhi</s>\n<|assistant|>\n"
     assert "{{ m['content'] }}" in CHAT_TEMPLATE  # the fixture's template, rendered above
