@@ -10,7 +10,8 @@ Each round runs (a) and (b) back to back, in turn first, and gives one paired ra
 shared machine's speed drifts by more than the front end costs); the median round counts and the
 interquartile range says how far to trust it. Tokens are the model's
 own counts (``num_output_tokens``; ``usage`` with ``include_usage``). Targets: (b)/(a) >= 0.97x tokens/s,
-TTFT within +5 ms. Usage: ``python bench/openai_bench.py [--backend vllm] [--rounds 5]``.
+TTFT within +5 ms. Usage: ``python bench/openai_bench.py [--backend vllm|pytorch|source] [--rounds 9]``
+(``source``: ``bench/token_source.py`` in place of the model, one word every ``--interval-ms``, no compute).
 """
 
 from __future__ import annotations
