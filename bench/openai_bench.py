@@ -65,23 +65,26 @@ async def compare(direct: Stream, openai: Stream, rounds: int, cpu: Callable[[],
     speeding up or slowing down weighs on both alike) and gives one paired ratio and TTFT delta; and the front
     end's CPU time per token it streamed (``cpu``: its CPU seconds so far)."""
     found: dict[int, Row] = {}
+
+    async def through_front_end(streams: int) -> tuple[tuple[float, float, int], float]:
+        before = cpu()
+        result = await batch(openai, streams)
+        return result, cpu() - before
+
     for streams in CONCURRENCY:
         await batch(direct, streams), await batch(openai, streams)  # warm-up
         pairs: list[tuple[tuple[float, float, int], tuple[float, float, int]]] = []
-        used, tokens = 0.0, 0
+        used = 0.0
         for round_ in range(rounds):
             if round_ % 2:
-                before = cpu()
-                api = await batch(openai, streams)
-                used += cpu() - before
+                api, spent = await through_front_end(streams)
                 grpc = await batch(direct, streams)
             else:
                 grpc = await batch(direct, streams)
-                before = cpu()
-                api = await batch(openai, streams)
-                used += cpu() - before
+                api, spent = await through_front_end(streams)
             pairs.append((grpc, api))
-            tokens += api[2]
+            used += spent
+        tokens = sum(api[2] for _, api in pairs)
         found[streams] = Row(statistics.median(grpc[0] for grpc, _ in pairs),
                              statistics.median(api[0] for _, api in pairs),
                              quartiles([api[0] / grpc[0] for grpc, api in pairs]),
