@@ -132,6 +132,8 @@ class ServedModel:
     outputs: tuple[str, ...]
     decoupled: bool
     parameters: dict[str, str]
+    # The tensors of flag inputs (stream, return_*: the same in most requests), built once per client module.
+    flags: dict[tuple[str, str, bool], Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, name: str, config: dict[str, Any]) -> ServedModel:
@@ -209,21 +211,31 @@ class ServedModel:
 
     def tensors(self, module: Any, values: dict[str, Any]) -> list[Any]:
         """``module.InferInput`` tensors (``module``: ``tritonclient.grpc`` or ``tritonclient.http``); a list
-        value fills the input's last dimension."""
+        value fills the input's last dimension. A flag's tensor is built once and shared: not to be changed."""
         tensors = []
         for name, value in values.items():
-            data_type, shape = self.inputs[name]
-            dtype = NUMPY_TYPES[data_type]
-            if isinstance(value, (list, tuple)):
-                shape = [*shape[:-1], len(value)]
-                array = np.array([item.encode() if isinstance(item, str) else item for item in value],
-                                 dtype=dtype).reshape(shape)
+            if isinstance(value, bool):
+                key = (module.__name__, name, value)
+                tensor = self.flags.get(key)
+                if tensor is None:
+                    tensor = self.flags[key] = self.tensor(module, name, value)
+                tensors.append(tensor)
             else:
-                array = np.full(shape, value.encode() if isinstance(value, str) else value, dtype=dtype)
-            tensor = module.InferInput(name, shape, data_type.removeprefix("TYPE_").replace("STRING", "BYTES"))
-            tensor.set_data_from_numpy(array)
-            tensors.append(tensor)
+                tensors.append(self.tensor(module, name, value))
         return tensors
+
+    def tensor(self, module: Any, name: str, value: Any) -> Any:
+        data_type, shape = self.inputs[name]
+        dtype = NUMPY_TYPES[data_type]
+        if isinstance(value, (list, tuple)):
+            shape = [*shape[:-1], len(value)]
+            array = np.array([item.encode() if isinstance(item, str) else item for item in value],
+                             dtype=dtype).reshape(shape)
+        else:
+            array = np.full(shape, value.encode() if isinstance(value, str) else value, dtype=dtype)
+        tensor = module.InferInput(name, shape, data_type.removeprefix("TYPE_").replace("STRING", "BYTES"))
+        tensor.set_data_from_numpy(array)
+        return tensor
 
     def requested_outputs(self, module: Any, options: Options | None = None) -> list[Any]:
         return [module.InferRequestedOutput(name) for name in self.wanted(options or Options())]
@@ -314,6 +326,16 @@ def load_tokenizer(directory: str) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(directory)
+
+
+def count_tokens(directory: str, text: str) -> int:
+    """How many tokens the tokenizer of ``directory`` makes of ``text``, special tokens included (a fast
+    tokenizer's Rust encoder asked directly unless its file sets truncation or padding: a third quicker)."""
+    tokenizer = load_tokenizer(directory)
+    encoder = getattr(tokenizer, "backend_tokenizer", None)
+    if encoder is not None and encoder.truncation is None and encoder.padding is None:
+        return len(encoder.encode(text))
+    return len(tokenizer(text)["input_ids"])
 
 
 def chat_prompt(directory: str | Path, messages: str | list[dict[str, str]], template: str | None = None) -> str | None:

@@ -17,13 +17,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
 
 from launcher.errors import LauncherError
@@ -41,12 +41,20 @@ from launcher.frontend.protocol import (
     usage,
 )
 from launcher.frontend.upstream import Call, ModelError, Unavailable, Upstream
-from launcher.interfaces import ENSEMBLE, Completion, Options, Piece, ServedModel, chat_prompt, load_tokenizer
+from launcher.interfaces import (
+    ENSEMBLE,
+    Completion,
+    Options,
+    Piece,
+    ServedModel,
+    chat_prompt,
+    count_tokens,
+    load_tokenizer,
+)
 
 log = logging.getLogger("launcher.frontend")
 RETRY_S = 0.5  # how often the front end looks for Triton and the model until they are ready
 OPENAI_NAMES = {"structured": "response_format"}  # launcher.interfaces.Options fields named otherwise by OpenAI
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -76,40 +84,54 @@ class ClientGone(Exception):
 
 
 class Generation:
-    """One request's generation in Triton: its pieces, the answer so far, the metrics it feeds."""
+    """One request's generation in Triton: its pieces, the answer so far, the metrics it feeds. It is cut
+    short (cancelled in Triton) when its client goes away or its deadline passes."""
 
     def __init__(self, metrics: Metrics, endpoint: str, call: Call, stops: StopText | None, started: float,
-                 name: str, timeout_s: float | None) -> None:
+                 name: str, timeout_s: float | None, request: Request) -> None:
         self.metrics, self.call, self.stops, self.name = metrics, call, stops, name
         self.ttft, self.itl = metrics.ttft.labels(endpoint), metrics.itl.labels(endpoint)
         self.started = self.last = started
         self.first = True
         self.completion = Completion()
-        self.finished = self.closed = self.expired = False
-        self.reason = "client_disconnected"  # why it ends early, if it does
+        self.finished = self.closed = False
+        self.cut: str | None = None  # why it was cut short: "client_disconnected" or "timeout"
         self.timeout_s = timeout_s
         self.timer = None if timeout_s is None else asyncio.get_running_loop().call_later(
-            max(started + timeout_s - time.perf_counter(), 0), self.expire)
+            max(started + timeout_s - time.perf_counter(), 0), self.cut_short, "timeout")
+        self.watcher = asyncio.ensure_future(self.watch(request))
         metrics.in_flight.inc()
 
-    def expire(self) -> None:
-        """The deadline passed: cancel the request in Triton; the reader of the next piece gets a 504."""
-        if not self.finished:
-            self.expired, self.reason = True, "timeout"
+    async def watch(self, request: Request) -> None:
+        """Cut the generation short once the client has closed its connection (its body already read)."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        self.cut_short("client_disconnected")
+
+    def cut_short(self, reason: str) -> None:
+        """Cancel the request in Triton; the reader of the next piece gets :class:`ClientGone` or a 504."""
+        if not self.finished and self.cut is None:
+            self.cut = reason
             self.call.cancel()
+
+    def interruption(self) -> Exception:
+        if self.cut == "timeout":
+            return APIError(504, f"no answer within {self.timeout_s:g} s (--request-timeout-s)", kind="timeout",
+                            code="timeout")
+        return ClientGone()
 
     async def next(self) -> Piece | None:
         """The next piece of the answer; ``None`` at its end."""
-        if self.expired:
-            raise self.timed_out()
+        if self.cut is not None:
+            raise self.interruption()
         if self.finished:
             return None
         try:
             piece = await self.call.__anext__()
         except asyncio.CancelledError:  # the call cancelled under it, or this task cancelled
-            if not self.expired:
+            if self.cut is None:
                 raise
-            raise self.timed_out() from None
+            raise self.interruption() from None
         except StopAsyncIteration:
             self.finished = True
             tail = self.stops.flush() if self.stops else ""
@@ -135,10 +157,6 @@ class Generation:
         self.last = now
         return piece
 
-    def timed_out(self) -> APIError:
-        return APIError(504, f"no answer within {self.timeout_s:g} s (--request-timeout-s)", kind="timeout",
-                        code="timeout")
-
     async def run(self) -> Completion:
         """The whole answer."""
         while await self.next() is not None:
@@ -150,29 +168,36 @@ class Generation:
         if self.closed:
             return
         self.closed = True
+        self.watcher.cancel()
         if self.timer is not None:
             self.timer.cancel()
         if not self.finished:
-            self.metrics.cancelled.labels(self.reason).inc()
-            log.info("%s: %s; cancelling its request in Triton", self.name, self.reason.replace("_", " "))
+            reason = self.cut or "client_disconnected"
+            self.metrics.cancelled.labels(reason).inc()
+            log.info("%s: %s; cancelling its request in Triton", self.name, reason.replace("_", " "))
         self.call.cancel()
         self.metrics.in_flight.dec()
         self.metrics.prompt_tokens.inc(self.completion.input_tokens or 0)
         self.metrics.completion_tokens.inc(self.completion.output_tokens or 0)
 
 
-class EventStream(StreamingResponse):
+class EventStream(Response):
     """Server-sent events whose generation is closed (cancelled in Triton if unfinished) however the response
-    ends: finished, failed, or cut by the client."""
+    ends: finished, failed, or cut by the client. Not starlette's ``StreamingResponse``: the generation already
+    watches for the client going away, with one task rather than a task group's two."""
+
+    media_type = "text/event-stream"
 
     def __init__(self, events: AsyncIterator[bytes], generation: Generation) -> None:
-        super().__init__(events, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.generation = generation
+        self.status_code, self.background, self.events, self.generation = 200, None, events, generation
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            async for chunk in self.events:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             self.generation.close()
 
@@ -185,12 +210,6 @@ def import_tokenizers() -> None:
 
 def sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
-
-
-async def disconnected(request: Request) -> None:
-    """Returns once the client has closed its connection (the request's body already read)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def endpoint_label(path: str) -> str:
@@ -348,7 +367,7 @@ class FrontEnd:
                            "(model.max_output_len)", param="max_tokens")
         max_tokens = ask.max_tokens or limit
         if context is not None and self.tokenizer is not None:
-            used = len(load_tokenizer(self.tokenizer)(prompt)["input_ids"])
+            used = count_tokens(self.tokenizer, prompt)
             room = context - used
             where = "prompt" if ask.prompt is not None else "messages"
             if room < 1:
@@ -367,20 +386,6 @@ class FrontEnd:
             raise APIError(400, f"{name}: not supported by '{ask.model}' (Triton model '{served.name}' speaks the "
                            f"{served.kind} interface, which cannot carry it)", param=name)
         return options
-
-    async def guard(self, request: Request, work: Awaitable[T]) -> T:
-        """``work``'s result, unless the client goes away first (:class:`ClientGone`; ``work`` is cancelled)."""
-        task = asyncio.ensure_future(work)
-        gone = asyncio.ensure_future(disconnected(request))
-        try:
-            await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not task.done():
-                task.cancel()
-        if task.done() and not task.cancelled():
-            return task.result()
-        raise ClientGone
 
     # --------------------------------------------------------------------------------------- endpoints
     async def models(self) -> JSONResponse:
@@ -418,12 +423,12 @@ class FrontEnd:
         options = self.options(ask, prompt, served)
         stops = StopText(options.stop) if options.stop and served.kind == ENSEMBLE else None
         generation = Generation(self.metrics, endpoint, self.upstream.generate(served, prompt, options), stops,
-                                started, shape.head["id"], self.settings.request_timeout_s)
+                                started, shape.head["id"], self.settings.request_timeout_s, request)
         try:
             if ask.stream:  # the first piece before the response starts: a refusal is still an HTTP error
-                first = await self.guard(request, generation.next())
+                first = await generation.next()
                 return EventStream(self.events(generation, shape, first, ask, options), generation)
-            completion = await self.guard(request, generation.run())
+            completion = await generation.run()
         except ClientGone:
             generation.close()
             return Response(status_code=499)
@@ -454,6 +459,8 @@ class FrontEnd:
         except APIError as err:  # after the response started: the error is the stream's last event
             log.info("%s: %s", generation.name, err.message)
             yield sse(err.body())
+        except ClientGone:  # nobody left to tell
+            pass
         finally:
             generation.close()
 

@@ -305,3 +305,35 @@ def test_a_chat_template_of_its_own_wins_over_the_tokenizers(tmp_path: Path) -> 
     assert interfaces.chat_prompt(directory, chat) == "<|system|>\nBe brief.</s>\n<|user|>\nhi</s>\n<|assistant|>\n"
     template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}> "
     assert interfaces.chat_prompt(directory, chat, template) == "[system] Be brief.\n[user] hi\n> "
+
+
+def test_flag_tensors_are_built_once_and_prompts_each_time() -> None:
+    model = served("vllm", "return_finish_reason", outputs=("text_output", "finish_reason"))
+    options = interfaces.Options(max_tokens=5, stream=True)
+    first, second = (model.tensors(grpcclient, model.values(prompt, options)) for prompt in ("a", "b"))
+    assert [tensor.name() for tensor in first] == ["text_input", "sampling_parameters", "stream",
+                                                   "exclude_input_in_output", "return_finish_reason"]
+    shared = [one is two for one, two in zip(first, second, strict=True)]
+    assert shared == [False, False, True, True, True]
+    assert first[0]._get_content() != second[0]._get_content()
+
+
+def test_prompt_tokens_are_counted_as_transformers_counts_them(tmp_path: Path) -> None:
+    """The tokenizer's own encoder, special tokens included; a tokenizer file that truncates is asked through
+    transformers (which turns truncation off), so a long prompt is never undercounted."""
+    from transformers import AutoTokenizer
+
+    from tests.fixtures.tiny_models import tiny_tokenizer
+
+    texts = ["hi", "The capital of France is Paris. " * 40, "<s> ünïcödé\n\n  spaced  "]
+    plain, truncating = tmp_path / "plain", tmp_path / "truncating"
+    tiny_tokenizer().save_pretrained(plain)
+    tiny_tokenizer().save_pretrained(truncating)
+    file = json.loads((truncating / "tokenizer.json").read_text())
+    file["truncation"] = {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0}
+    (truncating / "tokenizer.json").write_text(json.dumps(file))
+    reference = AutoTokenizer.from_pretrained(plain)
+    for directory in (plain, truncating):
+        counts = [interfaces.count_tokens(str(directory), text) for text in texts]
+        assert counts == [len(reference(text)["input_ids"]) for text in texts]
+    assert counts[1] > 40
