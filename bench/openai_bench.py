@@ -12,6 +12,8 @@ interquartile range says how far to trust it. Tokens are the model's
 own counts (``num_output_tokens``; ``usage`` with ``include_usage``). Targets: (b)/(a) >= 0.97x tokens/s,
 TTFT within +5 ms. Usage: ``python bench/openai_bench.py [--backend vllm|pytorch|source] [--rounds 9]``
 (``source``: ``bench/token_source.py`` in place of the model, one word every ``--interval-ms``, no compute).
+``--triton HOST:PORT --openai URL --model NAME --tokenizer DIR`` measures a Triton and a front end already
+running instead (another machine's, a GPU deployment's); ``--frontend-pid`` adds the front end's CPU column.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -93,7 +96,7 @@ async def compare(direct: Stream, openai: Stream, rounds: int, cpu: Callable[[],
 
 
 async def bench(grpc: str, model: str, served_name: str, url: str, key: str, tokenizer_dir: str,
-                rounds: int, pid: int) -> dict[int, Row]:
+                rounds: int, pid: int | None) -> dict[int, Row]:
     import aiohttp
     import psutil
 
@@ -140,8 +143,9 @@ async def bench(grpc: str, model: str, served_name: str, url: str, key: str, tok
             return first or 0.0, tokens
 
         try:
-            front_end = psutil.Process(pid)
-            return await compare(direct, openai, rounds, lambda: sum(front_end.cpu_times()[:2]))
+            front_end = psutil.Process(pid) if pid else None
+            return await compare(direct, openai, rounds,
+                                 lambda: sum(front_end.cpu_times()[:2]) if front_end else float("nan"))
         finally:
             await upstream.close()
 
@@ -162,7 +166,26 @@ def main() -> None:
                         "no model)")
     parser.add_argument("--rounds", type=int, default=9, help="timed rounds per case (median)")
     parser.add_argument("--interval-ms", type=float, default=5.0, help="the source's time between words")
+    running = parser.add_argument_group("a running deployment (all four, in place of --backend)")
+    running.add_argument("--triton", metavar="HOST:PORT", help="its Triton's gRPC address")
+    running.add_argument("--openai", metavar="URL", help="its front end, http://HOST:PORT/v1")
+    running.add_argument("--model", help="the Triton model (also the OpenAI model id unless --served-name)")
+    running.add_argument("--tokenizer", metavar="DIR", help="the model's tokenizer (the chat template for gRPC)")
+    running.add_argument("--served-name", help="the OpenAI model id")
+    running.add_argument("--api-key-env", metavar="NAME", help="the variable holding the front end's API key")
+    running.add_argument("--frontend-pid", type=int, help="the front end's process (its CPU per token)")
     args = parser.parse_args()
+    if args.triton:
+        missing = [flag for flag in ("openai", "model", "tokenizer") if not getattr(args, flag)]
+        if missing:
+            parser.error(f"--triton needs --{', --'.join(missing)}")
+        key = os.environ.get(args.api_key_env, "") if args.api_key_env else "unused"
+        print(f"'{args.model}' at {args.triton} and {args.openai}, {NEW_TOKENS} new tokens x 1 and 8 streams, "
+              f"{args.rounds} rounds (median)", flush=True)
+        results = asyncio.run(bench(args.triton, args.model, args.served_name or args.model, args.openai, key,
+                                    args.tokenizer, args.rounds, args.frontend_pid))
+        report([(args.model, streams, row) for streams, row in results.items()])
+        return
     backends = args.backend or ["vllm", "pytorch"]
 
     from launcher.query import connect
@@ -195,6 +218,10 @@ def main() -> None:
             results = asyncio.run(bench(served.grpc, models[name], "smollm2", url, KEY,
                                         str(interface.tokenizer_dir), args.rounds, process.pid))
             rows += [(name, streams, row) for streams, row in results.items()]
+    report(rows)
+
+
+def report(rows: list[tuple[str, int, Row]]) -> None:
     print(f"{'backend':>8} {'streams':>7} | {'gRPC tok/s':>10} {'OpenAI tok/s':>12} | {'ratio':>6} {'(IQR)':>13} | "
           f"{'TTFT delta':>10} {'(IQR)':>15} | {'front end CPU':>13}")
     for name, streams, row in rows:
