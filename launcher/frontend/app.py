@@ -253,6 +253,10 @@ class FrontEnd:
         self.tokenizer: str | None = None
         self.max_tokens = settings.max_tokens
         self.failure: str | None = None
+        # Requests are prepared (validated, templated, counted) one at a time, each until Triton has it: of many
+        # arriving at once, the first goes out after its own preparation rather than after all of theirs
+        # (grpc writes a request from a task of its own, which would run only after every handler ahead of it).
+        self.sending = asyncio.Lock()
         self.created = int(time.time())
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -402,28 +406,45 @@ class FrontEnd:
 
     async def chat(self, request: Request) -> Response:
         started = time.perf_counter()
-        ask = parse(ChatRequest, await self.body(request))
-        served = self.serving(ask.model)
-        assert ask.messages is not None
-        prompt = self.format_chat(ask.messages)
-        return await self.answer(request, "/v1/chat/completions", ChatAnswer(ask.model, ask.logprobs), served,
-                                 ask, prompt, started)
+        body = await self.body(request)
+        async with self.sending:
+            ask = parse(ChatRequest, body)
+            served = self.serving(ask.model)
+            assert ask.messages is not None
+            shape = ChatAnswer(ask.model, ask.logprobs)
+            generation, options = await self.send(request, "/v1/chat/completions", shape, served, ask,
+                                                  self.format_chat(ask.messages), started)
+        return await self.answer(generation, shape, ask, options)
 
     async def completions(self, request: Request) -> Response:
         started = time.perf_counter()
-        ask = parse(CompletionRequest, await self.body(request))
-        served = self.serving(ask.model)
-        assert ask.prompt is not None
-        return await self.answer(request, "/v1/completions", TextAnswer(ask.model, ask.logprobs), served, ask,
-                                 ask.prompt, started)
+        body = await self.body(request)
+        async with self.sending:
+            ask = parse(CompletionRequest, body)
+            served = self.serving(ask.model)
+            assert ask.prompt is not None
+            shape = TextAnswer(ask.model, ask.logprobs)
+            generation, options = await self.send(request, "/v1/completions", shape, served, ask, ask.prompt,
+                                                  started)
+        return await self.answer(generation, shape, ask, options)
 
-    async def answer(self, request: Request, endpoint: str, shape: ChatAnswer | TextAnswer, served: ServedModel,
-                     ask: Ask, prompt: str, started: float) -> Response:
+    async def send(self, request: Request, endpoint: str, shape: ChatAnswer | TextAnswer, served: ServedModel,
+                   ask: Ask, prompt: str, started: float) -> tuple[Generation, Options]:
+        """Ask Triton; returns once the request is on its way (see ``sending``)."""
         assert self.upstream is not None
         options = self.options(ask, prompt, served)
         stops = StopText(options.stop) if options.stop and served.kind == ENSEMBLE else None
         generation = Generation(self.metrics, endpoint, self.upstream.generate(served, prompt, options), stops,
                                 started, shape.head["id"], self.settings.request_timeout_s, request)
+        try:
+            await generation.call.sent()
+        except BaseException:
+            generation.close()
+            raise
+        return generation, options
+
+    async def answer(self, generation: Generation, shape: ChatAnswer | TextAnswer, ask: Ask,
+                     options: Options) -> Response:
         try:
             if ask.stream:  # the first piece before the response starts: a refusal is still an HTTP error
                 first = await generation.next()

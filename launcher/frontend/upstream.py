@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 from launcher.interfaces import Options, Piece, Reader, ServedModel
 
 STATUS_TIMEOUT_S = 5.0  # health and config calls
+SEND_WAIT_S = 0.05  # the longest Call.sent waits for a request to be written (a stream held back by flow control)
 MAX_MESSAGE_BYTES = 2**31 - 1  # as tritonclient's own channels
 # gRPC backs off reconnecting for up to 2 minutes by default: a front end started before Triton would see it
 # ready that much later. Retry at least once a second instead.
@@ -61,14 +62,24 @@ class Call:
         self.done = False
         self.task: asyncio.Future[Any] | None = None
         self.stream: Any = None
+        self.written = asyncio.Event()
         if served.decoupled:
             async def requests() -> AsyncIterator[dict[str, Any]]:
                 yield {"model_name": served.name, "inputs": tensors, "outputs": outputs, "request_id": request_id}
+                self.written.set()  # grpc asks for the next request once this one is written
 
             self.stream = client.stream_infer(requests())
         else:
             self.task = asyncio.ensure_future(client.infer(served.name, tensors, outputs=outputs,
                                                            request_id=request_id))
+            self.written.set()
+
+    async def sent(self) -> None:
+        """Returns once the request has been written to Triton's stream (or after ``SEND_WAIT_S``)."""
+        if not self.written.is_set():
+            timer = asyncio.get_running_loop().call_later(SEND_WAIT_S, self.written.set)
+            await self.written.wait()
+            timer.cancel()
 
     def __aiter__(self) -> Call:
         return self
@@ -104,6 +115,7 @@ class Call:
 
     def cancel(self) -> None:
         """Cancel the request in Triton (nothing to do once it has ended)."""
+        self.written.set()
         if self.done:
             return
         self.done = True

@@ -8,6 +8,7 @@ backend (conftest).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -17,6 +18,7 @@ import openai
 import pytest
 import requests
 
+from launcher.frontend import upstream
 from launcher.interfaces import chat_prompt
 from launcher.query import Options, ask
 from tests.frontend.conftest import BODY_LIMIT, MAX_TOKENS, TIMEOUT_S, FrontEnd
@@ -220,6 +222,23 @@ def test_a_client_that_goes_away_cancels_the_generation(front: FrontEnd) -> None
     assert cancellations(front) == before + 1
     assert metric(front, 'openai_requests_cancelled_total{reason="client_disconnected"}') >= 1
     assert "client disconnected; cancelling its request in Triton" in front.log.read_text()
+
+
+def test_a_call_is_sent_once_grpc_has_written_it(front: FrontEnd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the front end's one-at-a-time preparation waits for: ``Call.sent`` returns when grpc has written the
+    request (its fallback timer made too long to be what ends the wait), and the answer follows."""
+    monkeypatch.setattr(upstream, "SEND_WAIT_S", 600.0)
+
+    async def one() -> int:
+        triton = upstream.Upstream(front.grpc, front.model)
+        try:
+            call = triton.generate(await triton.model(), QUESTION, Options(max_tokens=3, stream=True, sampling=LONG))
+            await asyncio.wait_for(call.sent(), 30)
+            return sum([piece.output_tokens or 0 async for piece in call])
+        finally:
+            await triton.close()
+
+    assert asyncio.run(one()) == 3
 
 
 def cancellations(front: FrontEnd) -> int:
