@@ -253,8 +253,8 @@ class FrontEnd:
         self.tokenizer: str | None = None
         self.max_tokens = settings.max_tokens
         self.failure: str | None = None
-        # Requests are prepared (validated, templated, counted) one at a time, each until Triton has it: of many
-        # arriving at once, the first goes out after its own preparation rather than after all of theirs
+        # Requests are prepared (validated, templated, counted) one at a time, each until grpc has taken it: of
+        # many arriving at once, the first goes out after its own preparation rather than after all of theirs
         # (grpc writes a request from a task of its own, which would run only after every handler ahead of it).
         self.sending = asyncio.Lock()
         self.created = int(time.time())

@@ -19,7 +19,7 @@ from tritonclient.utils import InferenceServerException
 from launcher.interfaces import Options, Piece, Reader, ServedModel
 
 STATUS_TIMEOUT_S = 5.0  # health and config calls
-SEND_WAIT_S = 0.05  # the longest Call.sent waits for a request to be written (a stream held back by flow control)
+SEND_WAIT_S = 0.05  # the longest Call.sent waits for grpc to take the request (its writer task not yet run)
 MAX_MESSAGE_BYTES = 2**31 - 1  # as tritonclient's own channels
 # gRPC backs off reconnecting for up to 2 minutes by default: a front end started before Triton would see it
 # ready that much later. Retry at least once a second instead.
@@ -62,23 +62,23 @@ class Call:
         self.done = False
         self.task: asyncio.Future[Any] | None = None
         self.stream: Any = None
-        self.written = asyncio.Event()
+        self.taken = asyncio.Event()
         if served.decoupled:
             async def requests() -> AsyncIterator[dict[str, Any]]:
+                self.taken.set()  # grpc's writer task asks for it: the request goes next
                 yield {"model_name": served.name, "inputs": tensors, "outputs": outputs, "request_id": request_id}
-                self.written.set()  # grpc asks for the next request once this one is written
 
             self.stream = client.stream_infer(requests())
         else:
             self.task = asyncio.ensure_future(client.infer(served.name, tensors, outputs=outputs,
                                                            request_id=request_id))
-            self.written.set()
+            self.taken.set()
 
     async def sent(self) -> None:
-        """Returns once the request has been written to Triton's stream (or after ``SEND_WAIT_S``)."""
-        if not self.written.is_set():
-            timer = asyncio.get_running_loop().call_later(SEND_WAIT_S, self.written.set)
-            await self.written.wait()
+        """Returns once grpc's writer task has taken the request (it writes it next), or after ``SEND_WAIT_S``."""
+        if not self.taken.is_set():
+            timer = asyncio.get_running_loop().call_later(SEND_WAIT_S, self.taken.set)
+            await self.taken.wait()
             timer.cancel()
 
     def __aiter__(self) -> Call:
@@ -115,7 +115,7 @@ class Call:
 
     def cancel(self) -> None:
         """Cancel the request in Triton (nothing to do once it has ended)."""
-        self.written.set()
+        self.taken.set()
         if self.done:
             return
         self.done = True

@@ -224,9 +224,9 @@ def test_a_client_that_goes_away_cancels_the_generation(front: FrontEnd) -> None
     assert "client disconnected; cancelling its request in Triton" in front.log.read_text()
 
 
-def test_a_call_is_sent_once_grpc_has_written_it(front: FrontEnd, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the front end's one-at-a-time preparation waits for: ``Call.sent`` returns when grpc has written the
-    request (its fallback timer made too long to be what ends the wait), and the answer follows."""
+def test_a_call_is_sent_once_grpc_has_taken_it(front: FrontEnd, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the front end's one-at-a-time preparation waits for: ``Call.sent`` returns when grpc's writer has
+    taken the request (its fallback timer made too long to be what ends the wait), and the answer follows."""
     monkeypatch.setattr(upstream, "SEND_WAIT_S", 600.0)
 
     async def one() -> int:
