@@ -452,6 +452,19 @@ def executions(server: Server) -> int:
     return int(statistics["model_stats"][0].get("execution_count", 0))
 
 
+def settled_executions(server: Server, quiet_s: float = 0.5, timeout_s: float = 30) -> int:
+    """``executions`` once it has not moved for ``quiet_s``: an earlier request's statistics can land late, and a
+    late one read as ours would have ours cancelled while Triton still queues it (CI saw it: no backend log)."""
+    deadline = time.monotonic() + timeout_s
+    count, since = executions(server), time.monotonic()
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = executions(server)
+        if now != count:
+            count, since = now, time.monotonic()
+    return count
+
+
 def wait_for_cancellations(server: Server, count: int, timeout_s: float = 60) -> int:
     """The cancellations logged once ``count`` are, or after ``timeout_s`` (CI's two busy cores are slow)."""
     deadline = time.monotonic() + timeout_s
@@ -489,7 +502,7 @@ def test_a_late_request_joins_the_running_batch(server: Server) -> None:
 def test_cancellation(server: Server, streaming: bool) -> None:
     """A cancelled request is aborted at the engine's next step, logged as NVIDIA's backend logs it, and the
     server goes on serving."""
-    before, handed_over = cancellations(server), executions(server)
+    before, handed_over = cancellations(server), settled_executions(server)
     stream = Stream(server)
     stream.send("cancel-me", inputs(stream=streaming, sampling_parameters={**GREEDY, "max_tokens": 2000}))
     if streaming:
