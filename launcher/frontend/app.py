@@ -34,6 +34,7 @@ from launcher.frontend.protocol import (
     ChatAnswer,
     ChatRequest,
     CompletionRequest,
+    Sampling,
     StopText,
     TextAnswer,
     finish_reason,
@@ -405,27 +406,24 @@ class FrontEnd:
                 "root": self.settings.model, "max_model_len": self.settings.max_model_len}
 
     async def chat(self, request: Request) -> Response:
-        started = time.perf_counter()
-        body = await self.body(request)
-        async with self.sending:
-            ask = parse(ChatRequest, body)
-            served = self.serving(ask.model)
-            assert ask.messages is not None
-            shape = ChatAnswer(ask.model, ask.logprobs)
-            generation, options = await self.send(request, "/v1/chat/completions", shape, served, ask,
-                                                  self.format_chat(ask.messages), started)
-        return await self.answer(generation, shape, ask, options)
+        return await self.complete(request, "/v1/chat/completions", ChatRequest)
 
     async def completions(self, request: Request) -> Response:
+        return await self.complete(request, "/v1/completions", CompletionRequest)
+
+    async def complete(self, request: Request, endpoint: str, kind: type[Sampling]) -> Response:
         started = time.perf_counter()
         body = await self.body(request)
         async with self.sending:
-            ask = parse(CompletionRequest, body)
+            ask = parse(kind, body)
             served = self.serving(ask.model)
-            assert ask.prompt is not None
-            shape = TextAnswer(ask.model, ask.logprobs)
-            generation, options = await self.send(request, "/v1/completions", shape, served, ask, ask.prompt,
-                                                  started)
+            shape: ChatAnswer | TextAnswer
+            if ask.messages is not None:
+                shape, prompt = ChatAnswer(ask.model, ask.logprobs), self.format_chat(ask.messages)
+            else:
+                assert ask.prompt is not None
+                shape, prompt = TextAnswer(ask.model, ask.logprobs), ask.prompt
+            generation, options = await self.send(request, endpoint, shape, served, ask, prompt, started)
         return await self.answer(generation, shape, ask, options)
 
     async def send(self, request: Request, endpoint: str, shape: ChatAnswer | TextAnswer, served: ServedModel,
