@@ -3,8 +3,8 @@
 The pytorch backend runs as a user runs it (``llm-launch action=serve``); the vllm backend as the vllm tests
 serve it (rendered by the launcher, a real ``tritonserver`` with our ``vllm`` backend over real vLLM). Both
 serve the same tiny random Llama (tests/fixtures/tiny_models.py, with 4096 positions instead of 256: its
-rotary embeddings take any length), with room for 2048 new tokens, so a request can run long enough to be
-cancelled or overtaken by a later one.
+rotary embeddings take any length), with room for 4000 new tokens, so a request runs long enough (some 16 s) to
+be cancelled or overtaken by a later one even when a busy machine stalls the client for seconds.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from tests.vllm.conftest import TINY as VLLM_TINY
 from tests.vllm.conftest import render, triton
 
 BACKENDS = ("pytorch", "vllm")
-LONG = ("model.max_input_len=64", "model.max_output_len=2048")
+LONG_MAX_TOKENS = 4000
+LONG = ("model.max_input_len=64", f"model.max_output_len={LONG_MAX_TOKENS}")
 POSITIONS = 4096
 
 

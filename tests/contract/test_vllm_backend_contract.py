@@ -30,7 +30,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcclient_aio
 from transformers import AutoTokenizer
 
-from tests.contract.conftest import Server
+from tests.contract.conftest import LONG_MAX_TOKENS, Server
 
 pytestmark = pytest.mark.integration
 PROMPT = "In this example,"  # vllm_backend's additional-outputs test prompt
@@ -483,7 +483,7 @@ def late_request_replies(server: Server) -> list[tuple[str, Reply]]:
     order until the short one's final; the long one is cancelled then."""
     stream = Stream(server)
     try:
-        stream.send("long", inputs(stream=True, sampling_parameters={**GREEDY, "max_tokens": 2000}))
+        stream.send("long", inputs(stream=True, sampling_parameters={**GREEDY, "max_tokens": LONG_MAX_TOKENS}))
         _, first, _ = stream.replies.get(timeout=60)
         assert first.error is None
         stream.send("short", inputs(stream=True, sampling_parameters={**GREEDY, "max_tokens": 3}))
@@ -522,7 +522,7 @@ def test_cancellation(server: Server, streaming: bool) -> None:
     server goes on serving."""
     before, handed_over = cancellations(server), settled_executions(server)
     stream = Stream(server)
-    stream.send("cancel-me", inputs(stream=streaming, sampling_parameters={**GREEDY, "max_tokens": 2000}))
+    stream.send("cancel-me", inputs(stream=streaming, sampling_parameters={**GREEDY, "max_tokens": LONG_MAX_TOKENS}))
     if streaming:
         _, first, _ = stream.replies.get(timeout=60)
         assert first.error is None and first.text() is not None
